@@ -1,0 +1,46 @@
+# The two commands of the README: `make serve` and `make test`. Each sets up .venv on first use
+# (torch pinned and installed first, so pip never resolves a different, multi-GB build) and
+# reuses it afterwards; editing pyproject.toml triggers a re-install.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.kdatlas-installed
+TORCH_SPEC ?= torch==2.13.0
+export NO_MKDOCS_2_WARNING := 1
+export DISABLE_MKDOCS_2_WARNING := true
+
+.PHONY: setup test lint serve docs validate bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet "$(TORCH_SPEC)"
+	$(PY) -m pip install --quiet -e ".[docs,test]"
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+lint: setup
+	$(PY) -m ruff check kdatlas reference_impls tests benchmarks docs
+
+validate: setup
+	$(VENV)/bin/kdatlas validate
+	$(VENV)/bin/kdatlas schema --check
+
+# pytest exits 5 when it collected no tests: that is a failure here, not a pass.
+test: lint validate
+	$(PY) -m pytest; status=$$?; \
+	if [ $$status -eq 5 ]; then echo "pytest collected no tests: failing"; exit 1; fi; \
+	exit $$status
+
+docs: setup
+	$(VENV)/bin/kdatlas docs build
+
+serve: setup
+	$(VENV)/bin/kdatlas docs serve
+
+bench: setup
+	$(PY) benchmarks/run_times.py
+
+clean:
+	rm -rf site runs .pytest_cache .ruff_cache

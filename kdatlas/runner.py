@@ -1,0 +1,185 @@
+"""``kdatlas run ID``: build a method's recipe, run it, and write the run directory.
+
+The training itself is :func:`reference_impls.common.harness.run_recipe`; this module turns command
+line values into a recipe and a run config, prints the comparison table, and writes
+
+- ``config.json``: the fully resolved configuration (method, hyper-parameters, models, budget);
+- ``metrics.json``: ``{"teacher": {...}, "baseline": {...}, "distilled": {...}}``, metric → value;
+- ``curves.png`` and ``curves.json``: the training losses of the baseline and distilled students.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+METRIC_LABELS = {
+    "exact_match": ("exact match ↑", "higher is better"),
+    "token_kl_to_teacher": ("token KL to teacher ↓", "lower is closer to the teacher"),
+    "rouge_l": ("ROUGE-L ↑", "higher is better"),
+}
+
+
+class RunError(Exception):
+    """A run that cannot start: unknown method, bad override, unloadable model or data."""
+
+
+def _coerce(name: str, raw: str, default: Any) -> Any:
+    """Convert a ``--set`` value to the type of the hyper-parameter's default."""
+    try:
+        if isinstance(default, bool):
+            if raw.lower() not in {"true", "false", "1", "0"}:
+                raise ValueError(raw)
+            return raw.lower() in {"true", "1"}
+        if isinstance(default, int):
+            return int(raw)
+        if isinstance(default, float):
+            return float(raw)
+    except ValueError:
+        raise RunError(f"--set {name}={raw}: expected a {type(default).__name__} like {default!r}") from None
+    return raw
+
+
+def build_recipe(method_id: str, overrides: dict[str, str]) -> Any:
+    """The method's recipe with ``overrides`` applied (strings converted to the defaults' types)."""
+    from reference_impls.registry import get_method
+
+    try:
+        registration = get_method(method_id)
+    except KeyError as error:
+        raise RunError(str(error.args[0])) from None
+    defaults = registration.defaults()
+    unknown = sorted(set(overrides) - set(defaults))
+    if unknown:
+        known = ", ".join(f"{k}={v!r}" for k, v in defaults.items()) or "none"
+        raise RunError(f"{method_id} has no hyper-parameter {', '.join(unknown)}. Its hyper-parameters: {known}")
+    values = {name: _coerce(name, raw, defaults[name]) for name, raw in overrides.items()}
+    try:
+        recipe = registration.build_recipe(**values)
+        _probe(recipe)
+    except ValueError as error:
+        raise RunError(f"{method_id}: {error}") from None
+    return recipe
+
+
+def _probe(recipe: Any) -> None:
+    """Call the objective once on a tiny batch, so out-of-range hyper-parameters fail now, not
+    after minutes of teacher training."""
+    import torch
+
+    logits = torch.zeros(1, 2, 4)
+    recipe.objective(logits, logits.clone(), torch.zeros(1, 2, dtype=torch.long))
+
+
+def default_run_dir(method_id: str) -> Path:
+    """``runs/<id>-<YYYYmmdd-HHMMSS>`` in the current directory."""
+    return Path("runs") / f"{method_id}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def comparison_table(method_id: str, metrics: dict[str, dict[str, float]]) -> Table:
+    """The teacher / baseline / distilled comparison as a rich table."""
+    table = Table(title=f"{method_id}: held-out test split", title_justify="left")
+    table.add_column("metric")
+    for column in ("teacher", "baseline student", "distilled student"):
+        table.add_column(column, justify="right")
+    for name in metrics["distilled"]:
+        label = METRIC_LABELS.get(name, (name, ""))[0]
+        row = [metrics[role].get(name) for role in ("teacher", "baseline", "distilled")]
+        table.add_row(label, *("—" if value is None else f"{value:.4f}" for value in row))
+    return table
+
+
+def verdict(metrics: dict[str, dict[str, float]]) -> str:
+    """One honest sentence: did distillation bring the student closer to the teacher?"""
+    baseline = metrics["baseline"].get("token_kl_to_teacher")
+    distilled = metrics["distilled"].get("token_kl_to_teacher")
+    if baseline is None or distilled is None:
+        return ""
+    if distilled < baseline:
+        return f"The distilled student is closer to the teacher than the baseline (token KL {distilled:.4f} vs {baseline:.4f})."
+    return f"The distilled student is NOT closer to the teacher than the baseline here (token KL {distilled:.4f} vs {baseline:.4f})."
+
+
+def plot_curves(curves: dict[str, list[float]], path: Path, title: str) -> None:
+    """A small PNG of the training losses (matplotlib, no display needed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(6, 3.5), dpi=100)
+    for name, values in curves.items():
+        axis.plot(range(1, len(values) + 1), values, label=name, linewidth=1.2)
+    axis.set_xlabel("step")
+    axis.set_ylabel("training loss")
+    axis.set_title(title)
+    axis.legend()
+    axis.grid(alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(path)
+    plt.close(figure)
+
+
+def write_run_dir(out: Path, result: Any) -> None:
+    """Write config.json, metrics.json, curves.json and curves.png into ``out``."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.json").write_text(json.dumps(result.config, indent=2, default=str) + "\n", encoding="utf-8")
+    (out / "metrics.json").write_text(json.dumps(result.metrics, indent=2) + "\n", encoding="utf-8")
+    (out / "curves.json").write_text(json.dumps(result.curves) + "\n", encoding="utf-8")
+    plot_curves(result.curves, out / "curves.png", f"{result.config.get('method_id', '')} — training loss")
+
+
+def run_method(
+    method_id: str,
+    *,
+    device: str = "auto",
+    steps: int | None = None,
+    seed: int = 0,
+    teacher: str | None = None,
+    student: str | None = None,
+    data: str | None = None,
+    out: Path | None = None,
+    overrides: dict[str, str] | None = None,
+    trust_remote_code: bool = False,
+    progress: bool = True,
+    console: Console | None = None,
+    **harness_options: Any,
+) -> Any:
+    """Run ``method_id`` end to end and write its run directory; returns the harness's RunResult.
+
+    ``harness_options`` go to :func:`reference_impls.common.harness.run_recipe` unchanged (tests
+    pass a few-step ``teacher_recipe``).
+    """
+    from reference_impls.common.harness import RunConfig, run_recipe
+
+    console = console or Console()
+    recipe = build_recipe(method_id, overrides or {})
+    config = RunConfig(
+        device=device,
+        steps=steps,
+        seed=seed,
+        teacher=teacher,
+        student=student,
+        data=data,
+        trust_remote_code=trust_remote_code,
+        progress=progress,
+    )
+    try:
+        result = run_recipe(recipe, config, **harness_options)
+    except (FileNotFoundError, OSError, ValueError) as error:
+        raise RunError(str(error)) from None
+    if not result.metrics:  # a non-main process of a distributed launch
+        return result
+    out = out or default_run_dir(method_id)
+    write_run_dir(out, result)
+    console.print(comparison_table(method_id, result.metrics))
+    sentence = verdict(result.metrics)
+    if sentence:
+        console.print(sentence)
+    console.print(f"[dim]run directory: {out} (config.json, metrics.json, curves.png)[/]")
+    return result

@@ -1,0 +1,1 @@
+"""Compact, tested reference implementations of knowledge-distillation methods for LLMs."""

@@ -1,0 +1,394 @@
+"""Run a distillation recipe end to end: teacher vs. baseline student vs. distilled student.
+
+A method module returns a :class:`Recipe` (its objective and data source); :func:`run_recipe`
+does everything else the same way for every method, so their numbers are comparable:
+
+1. load the teacher (embedded: trained on first use and cached; or ``from_pretrained``);
+2. train the *baseline*: the student initialised from the run's seed, trained with plain
+   cross-entropy on the dataset responses, same budget (cached on disk: it does not depend on
+   the method);
+3. train the *distilled* student: same initialisation, same budget, the recipe's objective on the
+   recipe's data source;
+4. evaluate the three on held-out examples: exact match, ROUGE-L, token-level KL to the teacher.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import transformers
+from accelerate import Accelerator
+from torch import Tensor
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from .data_sources import DataSource, SourceContext
+from .generation import generate_responses
+from .metrics import exact_match, mean_rouge_l, token_kl_to_teacher
+from .models import build_decoder, build_student_config, count_parameters
+from .tasks import SUITE_VERSION, Example, load_jsonl, make_split
+from .teacher import TeacherRecipe, cache_root, load_or_train_teacher, teacher_key
+from .training import cross_entropy_objective, make_dataloader, train_student
+
+# The embedded budget: ~25 s of distillation on 2 CPU cores (see the module docs for timings).
+DEFAULT_STEPS = 400
+DEFAULT_TRAIN_SIZE = 2000
+METRIC_NAMES = ("exact_match", "token_kl_to_teacher", "rouge_l")
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """What a method contributes: its objective and the source of its training sequences.
+
+    Attributes:
+        method_id: Taxonomy id, e.g. ``"forward-kl"``.
+        objective: ``(student_logits [B,T,V], teacher_logits [B,T,V] | None, labels [B,T])
+            -> scalar``; logits and labels are already aligned (shifted once by the loop).
+        data_source: E.g. ``DatasetResponses()`` or ``TeacherGenerated()``.
+        uses_teacher_logits: If False the teacher is not run during training and the objective
+            receives ``None`` (e.g. sequence-level KD, which only needs teacher text).
+        hyperparameters: Resolved hyper-parameter values, recorded in the run config.
+    """
+
+    method_id: str
+    objective: Callable[[Tensor, Tensor | None, Tensor], Tensor]
+    data_source: DataSource
+    uses_teacher_logits: bool = True
+    hyperparameters: Mapping[str, float | int | str] = field(default_factory=dict)
+
+
+@dataclass
+class RunConfig:
+    """How to run a recipe; every default runs the embedded toy setting on CPU or GPU.
+
+    Attributes:
+        device: ``"auto"`` (GPU if available), ``"cpu"`` or ``"cuda"``.
+        steps: Optimizer steps for baseline and distilled student; ``None`` → ``DEFAULT_STEPS``.
+        seed: Student initialisation and data order (the baseline uses the same).
+        teacher: Local path or hub id for ``from_pretrained``; ``None`` → the embedded teacher.
+        student: Local path or hub id; ``None`` → the embedded tiny student (built on the
+            teacher's tokenizer).
+        data: JSONL file with ``prompt``/``response`` lines; ``None`` → the task suite. The last
+            ``eval_size`` lines (at most a fifth of the file) are held out for evaluation.
+        batch_size: Sequences per optimizer step (per process).
+        learning_rate: Peak AdamW learning rate.
+        eval_size: Held-out examples used for evaluation.
+        train_size: Suite training examples (ignored with ``data``).
+        max_new_tokens: Generation limit at evaluation and for generated data sources.
+        trust_remote_code: Passed to ``from_pretrained``; off unless asked for.
+        progress: Show progress bars.
+    """
+
+    device: str = "auto"
+    steps: int | None = None
+    seed: int = 0
+    teacher: str | None = None
+    student: str | None = None
+    data: str | None = None
+    batch_size: int = 32
+    learning_rate: float = 3e-3
+    eval_size: int = 210
+    train_size: int = DEFAULT_TRAIN_SIZE
+    max_new_tokens: int = 24
+    trust_remote_code: bool = False
+    progress: bool = True
+
+
+@dataclass
+class RunResult:
+    """Metrics, loss curves, the resolved config and timings of one run.
+
+    Attributes:
+        metrics: ``{"teacher" | "baseline" | "distilled": {metric name: value}}`` with the
+            metric names in ``METRIC_NAMES``. Empty on non-main processes.
+        curves: ``{"baseline": [...], "distilled": [...]}`` training loss per step.
+        config: Fully resolved, JSON-serialisable configuration.
+        seconds: Wall-clock seconds per phase.
+    """
+
+    metrics: dict[str, dict[str, float]]
+    curves: dict[str, list[float]]
+    config: dict[str, Any]
+    seconds: dict[str, float]
+
+
+# --------------------------------------------------------------------------------------- helpers
+
+
+def check_same_vocabulary(
+    teacher_tokenizer: PreTrainedTokenizerBase, student_tokenizer: PreTrainedTokenizerBase
+) -> None:
+    """Raise unless teacher and student tokenize identically (token-level KD compares vocabularies).
+
+    Raises:
+        ValueError: Naming both vocabulary sizes and the cross-tokenizer methods.
+    """
+    if teacher_tokenizer.get_vocab() != student_tokenizer.get_vocab():
+        raise ValueError(
+            f"the teacher's vocabulary ({len(teacher_tokenizer)} tokens) differs from the student's "
+            f"({len(student_tokenizer)} tokens): token-level distillation needs one shared vocabulary. "
+            "Use a student with the teacher's tokenizer, or a cross-tokenizer method: `uld` or `dskd`."
+        )
+
+
+def _output_size(model: PreTrainedModel) -> int:
+    return model.get_output_embeddings().weight.shape[0]
+
+
+def _fingerprint(name: str) -> str:
+    """Identity of a model/data reference: a local path's files (names, sizes, mtimes), else the id."""
+    path = Path(name)
+    if not path.exists():
+        return name  # a hub id
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    stats = [(str(p.relative_to(path.parent)), p.stat().st_size, p.stat().st_mtime_ns) for p in files]
+    return hashlib.sha256(json.dumps(stats).encode()).hexdigest()[:16]
+
+
+def _digest(payload: Mapping[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _read_cache(path: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def _write_cache(path: Path, payload: Mapping[str, Any]) -> None:
+    # Write then rename: a reader never sees a half-written file.
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = path.with_suffix(f".{os.getpid()}.tmp")
+    staging.write_text(json.dumps(payload, indent=2))
+    os.replace(staging, path)
+
+
+def _cpu_threads(processes: int) -> int:
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, cores // processes)
+
+
+def evaluate(
+    model: PreTrainedModel,
+    teacher: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    examples: Sequence[Example],
+    *,
+    max_new_tokens: int,
+    vocab_size: int | None = None,
+) -> dict[str, float]:
+    """Greedy-decode ``examples`` and score them; KL to ``teacher`` on the reference responses."""
+    predictions = generate_responses(
+        model, tokenizer, [e.prompt for e in examples], max_new_tokens=max_new_tokens
+    )
+    kl = 0.0
+    if model is not teacher:
+        kl = token_kl_to_teacher(model, teacher, tokenizer, examples, vocab_size=vocab_size)
+    return {
+        "exact_match": exact_match(predictions, examples),
+        "token_kl_to_teacher": kl,
+        "rouge_l": mean_rouge_l(predictions, examples),
+    }
+
+
+# ------------------------------------------------------------------------------------- the run
+
+
+def run_recipe(
+    recipe: Recipe, config: RunConfig, *, teacher_recipe: TeacherRecipe = TeacherRecipe()
+) -> RunResult:
+    """Train and evaluate baseline and distilled students against the teacher.
+
+    Args:
+        recipe: The method's objective and data source.
+        config: Models, data, budget and device.
+        teacher_recipe: How the embedded teacher is trained (tests pass a few-step recipe).
+
+    Returns:
+        Metrics for ``teacher``, ``baseline`` and ``distilled`` (on the main process; other
+        processes of a distributed launch return after training with empty metrics).
+
+    Raises:
+        ValueError: If teacher and student vocabularies differ, or the data file is malformed.
+    """
+    started = time.perf_counter()
+    seconds: dict[str, float] = {}
+    if config.device not in ("auto", "cpu", "cuda"):
+        raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', got {config.device!r}")
+    if config.device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' requested but no GPU is available — use --device cpu")
+    accelerator = Accelerator(cpu=config.device == "cpu")
+    device = accelerator.device
+    if device.type == "cpu":
+        torch.set_num_threads(_cpu_threads(accelerator.num_processes))
+    steps = config.steps if config.steps is not None else DEFAULT_STEPS
+    remote = {"trust_remote_code": config.trust_remote_code}
+
+    # 1. The teacher. Under `accelerate launch` the main process trains the embedded teacher
+    # alone while the others wait, then they load it from the cache.
+    tick = time.perf_counter()
+    with accelerator.main_process_first():
+        if config.teacher is None:
+            teacher, tokenizer = load_or_train_teacher(device, config.progress, recipe=teacher_recipe)
+            teacher_id = f"embedded:{teacher_key(teacher_recipe)}"
+        else:
+            tokenizer = AutoTokenizer.from_pretrained(config.teacher, **remote)
+            teacher = AutoModelForCausalLM.from_pretrained(config.teacher, **remote).to(device).eval()
+            teacher_id = f"{config.teacher}@{_fingerprint(config.teacher)}"
+    seconds["teacher_load"] = time.perf_counter() - tick
+
+    # 2. The student factory: the same initial weights for baseline and distilled.
+    if config.student is None:
+        student_config = build_student_config(tokenizer)
+        student_id = f"embedded:{_digest(student_config.to_diff_dict())}"
+
+        def new_student() -> PreTrainedModel:
+            return build_decoder(student_config, config.seed).to(device)
+
+    else:
+        check_same_vocabulary(tokenizer, AutoTokenizer.from_pretrained(config.student, **remote))
+        student_id = f"{config.student}@{_fingerprint(config.student)}"
+
+        def new_student() -> PreTrainedModel:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(config.seed)
+                return AutoModelForCausalLM.from_pretrained(config.student, **remote).to(device)
+
+    # 3. The data: the suite, or a JSONL file whose tail is held out.
+    if config.data is None:
+        train = make_split("train", config.train_size)
+        test = make_split("test", config.eval_size)
+        data_id = f"suite:{SUITE_VERSION}:{config.train_size}"
+    else:
+        examples = load_jsonl(config.data)
+        if len(examples) < 2:
+            raise ValueError(f"{config.data}: need at least 2 examples (training + held-out evaluation)")
+        held_out = max(1, min(config.eval_size, len(examples) // 5))
+        train, test = examples[:-held_out], examples[-held_out:]
+        data_id = f"{config.data}@{_fingerprint(config.data)}"
+
+    distilled = new_student()  # built now to read its sizes; trained in step 6
+    student_size = count_parameters(distilled)
+    # Shared tokenizer, but heads may be padded differently (e.g. different sizes of one family).
+    vocab_size = len(tokenizer) if _output_size(teacher) != _output_size(distilled) else None
+
+    def loader(responses: Sequence[str]) -> torch.utils.data.DataLoader:
+        prompts = [e.prompt for e in train]
+        return make_dataloader(tokenizer, prompts, responses, batch_size=config.batch_size, seed=config.seed)
+
+    def score(model: PreTrainedModel) -> dict[str, float]:
+        return evaluate(
+            model, teacher, tokenizer, test, max_new_tokens=config.max_new_tokens, vocab_size=vocab_size
+        )
+
+    common_key = {
+        "suite": SUITE_VERSION,
+        "teacher": teacher_id,
+        "data": data_id,
+        "eval_size": len(test),
+        "max_new_tokens": config.max_new_tokens,
+        "device": device.type,
+    }
+    runs = cache_root() / "runs"
+    metrics: dict[str, dict[str, float]] = {}
+    curves: dict[str, list[float]] = {}
+
+    # 4. Teacher metrics (cached: they depend only on the teacher and the evaluation data).
+    tick = time.perf_counter()
+    if accelerator.is_main_process:
+        teacher_cache = runs / f"teacher-{_digest(common_key)}.json"
+        cached = _read_cache(teacher_cache)
+        metrics["teacher"] = cached["metrics"] if cached else score(teacher)
+        if not cached:
+            _write_cache(teacher_cache, {"key": common_key, "metrics": metrics["teacher"]})
+    seconds["teacher_eval"] = time.perf_counter() - tick
+
+    # 5. Baseline: hard-label cross-entropy on the dataset responses (cached: method-independent).
+    tick = time.perf_counter()
+    baseline_key = {
+        **common_key,
+        "student": student_id,
+        "steps": steps,
+        "seed": config.seed,
+        "learning_rate": config.learning_rate,
+        "batch_size": config.batch_size,
+        "processes": accelerator.num_processes,
+    }
+    baseline_cache = runs / f"baseline-{_digest(baseline_key)}.json"
+    accelerator.wait_for_everyone()  # every process must take the same branch below
+    cached = _read_cache(baseline_cache)
+    if cached:
+        metrics["baseline"], curves["baseline"] = cached["metrics"], cached["curve"]
+    else:
+        baseline = new_student()
+        curves["baseline"] = train_student(
+            baseline,
+            loader([e.response for e in train]),
+            cross_entropy_objective,
+            steps,
+            accelerator,
+            learning_rate=config.learning_rate,
+            vocab_size=vocab_size,
+            progress=config.progress,
+            description="Baseline student (cross-entropy, no teacher)",
+        )
+        if accelerator.is_main_process:
+            metrics["baseline"] = score(accelerator.unwrap_model(baseline))
+            _write_cache(
+                baseline_cache,
+                {"key": baseline_key, "metrics": metrics["baseline"], "curve": curves["baseline"]},
+            )
+        del baseline
+    seconds["baseline"] = time.perf_counter() - tick
+
+    # 6. Distilled: the recipe's objective on the recipe's data source, same init and budget.
+    tick = time.perf_counter()
+    context = SourceContext(teacher=teacher, tokenizer=tokenizer, max_new_tokens=config.max_new_tokens)
+    responses = recipe.data_source.responses(train, context)
+    seconds["data_source"] = time.perf_counter() - tick
+    tick = time.perf_counter()
+    curves["distilled"] = train_student(
+        distilled,
+        loader(responses),
+        recipe.objective,
+        steps,
+        accelerator,
+        teacher=teacher if recipe.uses_teacher_logits else None,
+        learning_rate=config.learning_rate,
+        vocab_size=vocab_size,
+        progress=config.progress,
+        description=f"Distilled student ({recipe.method_id})",
+    )
+    seconds["distill"] = time.perf_counter() - tick
+    tick = time.perf_counter()
+    if accelerator.is_main_process:
+        metrics["distilled"] = score(accelerator.unwrap_model(distilled))
+    seconds["distilled_eval"] = time.perf_counter() - tick
+    seconds["total"] = time.perf_counter() - started
+
+    resolved = {
+        "method_id": recipe.method_id,
+        "hyperparameters": dict(recipe.hyperparameters),
+        "data_source": recipe.data_source.describe(),
+        "uses_teacher_logits": recipe.uses_teacher_logits,
+        "run": {**asdict(config), "steps": steps},
+        "suite_version": SUITE_VERSION,
+        "teacher": {"id": teacher_id, "parameters": count_parameters(teacher)},
+        "student": {"id": student_id, "parameters": student_size},
+        "data": {"id": data_id, "train_examples": len(train), "eval_examples": len(test)},
+        "device": str(device),
+        "processes": accelerator.num_processes,
+        "baseline_cached": bool(cached),
+        "versions": {"torch": torch.__version__, "transformers": transformers.__version__},
+    }
+    # Only the main process evaluates; the others report their training curves.
+    main_metrics = metrics if accelerator.is_main_process else {}
+    return RunResult(metrics=main_metrics, curves=curves, config=resolved, seconds=seconds)
