@@ -32,12 +32,17 @@ def measure(label: str, budget: float, action) -> dict:
     detail = action() or ""
     seconds = time.perf_counter() - start
     row = {"what": label, "seconds": seconds, "budget": budget, "ratio": seconds / budget, "detail": detail}
-    print(f"{label:<34} {seconds:7.1f} s  budget {budget:5.0f} s  ratio {seconds / budget:4.2f}  {detail}", flush=True)
+    print(
+        f"{label:<34} {seconds:7.1f} s  budget {budget:5.0f} s  ratio {seconds / budget:4.2f}  {detail}",
+        flush=True,
+    )
     return row
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--methods", help="comma-separated ids (default: every implemented method)")
     parser.add_argument("--skip-docs", action="store_true", help="do not time the docs build")
     parser.add_argument("--write", action="store_true", help="save the table to benchmarks/RESULTS.md")
@@ -50,7 +55,9 @@ def main() -> None:
     from reference_impls.registry import registered_methods
 
     methods = args.methods.split(",") if args.methods else sorted(registered_methods())
-    rows = [measure("teacher build (first use)", 120, lambda: load_or_train_teacher("cpu", progress=False) and "")]
+    rows = [
+        measure("teacher build (first use)", 120, lambda: load_or_train_teacher("cpu", progress=False) and "")
+    ]
 
     def run(method_id: str):
         result = run_recipe(build_recipe(method_id, {}), RunConfig(device="cpu", progress=False))
@@ -67,10 +74,16 @@ def main() -> None:
         rows.append(measure(label, 60, lambda method_id=method_id: run(method_id)))
 
     if not args.skip_docs:
+
         def build() -> str:
             env = {**os.environ, "NO_MKDOCS_2_WARNING": "1", "DISABLE_MKDOCS_2_WARNING": "true"}
             with tempfile.TemporaryDirectory() as site:
-                subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "--quiet", "--site-dir", site], cwd=REPO, env=env, check=True)
+                subprocess.run(
+                    [sys.executable, "-m", "mkdocs", "build", "--strict", "--quiet", "--site-dir", site],
+                    cwd=REPO,
+                    env=env,
+                    check=True,
+                )
             return ""
 
         rows.append(measure("docs build --strict", 60, build))
@@ -85,7 +98,10 @@ def main() -> None:
             "",
             "| what | seconds | budget | ratio | result |",
             "|---|---:|---:|---:|---|",
-            *(f"| {r['what']} | {r['seconds']:.1f} | {r['budget']:.0f} | {r['ratio']:.2f} | {r['detail']} |" for r in rows),
+            *(
+                f"| {r['what']} | {r['seconds']:.1f} | {r['budget']:.0f} | {r['ratio']:.2f} | {r['detail']} |"
+                for r in rows
+            ),
             "",
         ]
         (REPO / "benchmarks" / "RESULTS.md").write_text("\n".join(lines), encoding="utf-8")

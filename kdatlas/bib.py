@@ -3,7 +3,7 @@
 bibtexparser 2 is fault tolerant: a malformed block does not raise, it comes back in
 ``library.failed_blocks``. Here every failed block, every duplicate key (within or across files)
 and every entry without title/author/year or without a way to find the paper (DOI, arXiv eprint
-or URL) is a :class:`~kdatlas.problems.Problem`.
+or URL) is a `kdatlas.problems.Problem`.
 """
 
 from __future__ import annotations
@@ -44,7 +44,9 @@ class Bibliography:
         """A formatted reference: 'Authors (year). Title. Venue. doi/arXiv/url'."""
         authors = format_authors(self.field(key, "author"))
         title = strip_braces(self.field(key, "title"))
-        venue = strip_braces(self.field(key, "journal") or self.field(key, "booktitle") or self.field(key, "howpublished"))
+        venue = strip_braces(
+            self.field(key, "journal") or self.field(key, "booktitle") or self.field(key, "howpublished")
+        )
         parts = [f"{authors} ({self.field(key, 'year')}). {title}."]
         if venue:
             parts.append(f"{venue}.")
@@ -95,7 +97,9 @@ def load_bibliography(root: Path) -> tuple[Bibliography, list[Problem]]:
     problems: list[Problem] = []
     files = sorted((root / BIB_DIR).glob("*.bib"))
     if not files:
-        return bibliography, [Problem(root / BIB_DIR, 1, "no .bib files found", "add BibTeX files under bib/")]
+        return bibliography, [
+            Problem(root / BIB_DIR, 1, "no .bib files found", "add BibTeX files under bib/")
+        ]
     for path in files:
         # bibtexparser logs each failed block itself; we report them as problems instead.
         logger = logging.getLogger("bibtexparser")
@@ -107,23 +111,62 @@ def load_bibliography(root: Path) -> tuple[Bibliography, list[Problem]]:
         for block in library.failed_blocks:
             line = block.start_line + 1
             if isinstance(block, DuplicateBlockKeyBlock):
-                problems.append(Problem(path, line, f"duplicate BibTeX key '{block.key}'", "keys are unique: rename or delete one of them"))
+                problems.append(
+                    Problem(
+                        path,
+                        line,
+                        f"duplicate BibTeX key '{block.key}'",
+                        "keys are unique: rename or delete one of them",
+                    )
+                )
             else:
-                problems.append(Problem(path, line, f"BibTeX block does not parse ({block.error or 'syntax error'})", "check braces, commas and the '@type{key,' header"))
+                problems.append(
+                    Problem(
+                        path,
+                        line,
+                        f"BibTeX block does not parse ({block.error or 'syntax error'})",
+                        "check braces, commas and the '@type{key,' header",
+                    )
+                )
         for entry in library.entries:
             line = entry.start_line + 1
             if entry.key in bibliography.entries:
                 first, first_line = bibliography.sources[entry.key]
-                problems.append(Problem(path, line, f"duplicate BibTeX key '{entry.key}' (also {first.name}:{first_line})", "keys are unique across bib/: keep one"))
+                problems.append(
+                    Problem(
+                        path,
+                        line,
+                        f"duplicate BibTeX key '{entry.key}' (also {first.name}:{first_line})",
+                        "keys are unique across bib/: keep one",
+                    )
+                )
                 continue
-            missing = [name for name in REQUIRED_FIELDS if not str(entry.fields_dict.get(name, _EMPTY).value).strip()]
+            missing = [
+                name for name in REQUIRED_FIELDS if not str(entry.fields_dict.get(name, _EMPTY).value).strip()
+            ]
             if missing:
-                problems.append(Problem(path, line, f"entry '{entry.key}' has no {', '.join(missing)}", "add the missing fields from the paper's real metadata"))
+                problems.append(
+                    Problem(
+                        path,
+                        line,
+                        f"entry '{entry.key}' has no {', '.join(missing)}",
+                        "add the missing fields from the paper's real metadata",
+                    )
+                )
             if not any(str(entry.fields_dict.get(name, _EMPTY).value).strip() for name in LOCATOR_FIELDS):
-                problems.append(Problem(path, line, f"entry '{entry.key}' has no doi, eprint or url", "add the DOI, or the arXiv id as 'eprint' with archivePrefix = {arXiv}, or a url"))
+                problems.append(
+                    Problem(
+                        path,
+                        line,
+                        f"entry '{entry.key}' has no doi, eprint or url",
+                        "add the DOI, or the arXiv id as 'eprint' with archivePrefix = {arXiv}, or a url",
+                    )
+                )
             year = str(entry.fields_dict.get("year", _EMPTY).value).strip()
             if year and not re.fullmatch(r"\d{4}", year):
-                problems.append(Problem(path, line, f"entry '{entry.key}' has year '{year}'", "use a four-digit year"))
+                problems.append(
+                    Problem(path, line, f"entry '{entry.key}' has year '{year}'", "use a four-digit year")
+                )
             bibliography.entries[entry.key] = entry
             bibliography.sources[entry.key] = (path, line)
     return bibliography, problems

@@ -33,7 +33,8 @@ console = Console()
 errors = Console(stderr=True)
 
 RootOption = Annotated[
-    Path | None, typer.Option("--root", help="Repository folder (default: the one containing the current directory).")
+    Path | None,
+    typer.Option("--root", help="Repository folder (default: the one containing the current directory)."),
 ]
 
 
@@ -54,15 +55,23 @@ def _load(root: Path):  # -> Report (typed lazily to keep start-up light)
 
     report = validate_repository(root, check_implementations=False)
     if report.problems:
-        errors.print(f"[yellow]warning:[/] the taxonomy has {len(report.problems)} problem(s); run 'kdatlas validate' for details")
+        errors.print(
+            f"[yellow]warning:[/] the taxonomy has {len(report.problems)} problem(s); run 'kdatlas validate' for details"
+        )
     return report
 
 
 @app.command("list")
 def list_entries(
-    branch: Annotated[str | None, typer.Option(help="Only entries at or below this branch, e.g. white-box/logits.")] = None,
-    kind: Annotated[str | None, typer.Option(help="Only entries of this kind (method, objective, ...).")] = None,
-    status: Annotated[str | None, typer.Option(help="Only entries with this status (implemented, planned, ...).")] = None,
+    branch: Annotated[
+        str | None, typer.Option(help="Only entries at or below this branch, e.g. white-box/logits.")
+    ] = None,
+    kind: Annotated[
+        str | None, typer.Option(help="Only entries of this kind (method, objective, ...).")
+    ] = None,
+    status: Annotated[
+        str | None, typer.Option(help="Only entries with this status (implemented, planned, ...).")
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON (one object per entry).")] = False,
     root: RootOption = None,
 ) -> None:
@@ -126,7 +135,9 @@ def show(
         typer.echo(json.dumps(entry.model_dump(mode="json"), indent=2, ensure_ascii=False))
         return
     console.rule(f"[bold]{entry.name}[/] ({entry.id})")
-    console.print(f"[dim]{entry.kind.value} · {entry.branch} · {entry.year} · {entry.venue} · teacher access: {entry.teacher_access.value} · {entry.status.value}[/]")
+    console.print(
+        f"[dim]{entry.kind.value} · {entry.branch} · {entry.year} · {entry.venue} · teacher access: {entry.teacher_access.value} · {entry.status.value}[/]"
+    )
     console.print(f"\n{entry.summary}\n\n[bold]Key idea.[/] {entry.key_idea}")
     for step_number, step in enumerate(entry.algorithm, 1):
         console.print(f"  {step_number}. {step}")
@@ -146,7 +157,9 @@ def show(
 
 @app.command()
 def validate(
-    path: Annotated[Path | None, typer.Argument(help="Repository to check (default: the current one).")] = None,
+    path: Annotated[
+        Path | None, typer.Argument(help="Repository to check (default: the current one).")
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the problems as JSON.")] = False,
 ) -> None:
     """Check the taxonomy and bibliography: every problem, one pass, as file:line: problem — fix."""
@@ -155,7 +168,9 @@ def validate(
     root = _root(path)
     report = validate_repository(root)
     if as_json:
-        typer.echo(json.dumps({"ok": report.ok, "problems": [p.as_dict(root) for p in report.problems]}, indent=2))
+        typer.echo(
+            json.dumps({"ok": report.ok, "problems": [p.as_dict(root) for p in report.problems]}, indent=2)
+        )
     else:
         for problem in report.problems:
             typer.echo(problem.format(root))
@@ -175,10 +190,16 @@ class CiteFormat(str, Enum):
 
 @app.command()
 def cite(
-    entry_ids: Annotated[list[str] | None, typer.Argument(metavar="[ID]...", help="Entry ids whose papers to cite.")] = None,
+    entry_ids: Annotated[
+        list[str] | None, typer.Argument(metavar="[ID]...", help="Entry ids whose papers to cite.")
+    ] = None,
     all_entries: Annotated[bool, typer.Option("--all", help="The whole bibliography.")] = False,
-    fmt: Annotated[CiteFormat, typer.Option("--format", help="bibtex or a formatted text reference.")] = CiteFormat.bibtex,
-    output: Annotated[Path | None, typer.Option("-o", "--output", help="Write to this file instead of printing.")] = None,
+    fmt: Annotated[
+        CiteFormat, typer.Option("--format", help="bibtex or a formatted text reference.")
+    ] = CiteFormat.bibtex,
+    output: Annotated[
+        Path | None, typer.Option("-o", "--output", help="Write to this file instead of printing.")
+    ] = None,
     root: RootOption = None,
 ) -> None:
     """Print (or write) the BibTeX of entries' papers, or of the whole bibliography."""
@@ -229,14 +250,35 @@ class Device(str, Enum):
 def run(
     method_id: Annotated[str, typer.Argument(metavar="ID", help="An implemented entry id, e.g. forward-kl.")],
     device: Annotated[Device, typer.Option(help="auto picks CUDA when available.")] = Device.auto,
-    steps: Annotated[int | None, typer.Option(min=1, help="Training steps (default: the method's embedded budget).")] = None,
+    steps: Annotated[
+        int | None, typer.Option(min=1, help="Training steps (default: the method's embedded budget).")
+    ] = None,
+    sft_steps: Annotated[
+        int | None,
+        typer.Option(
+            min=0,
+            help="Shared supervised warm start of both students before distillation (default: the embedded budget; 0 for none).",
+        ),
+    ] = None,
     seed: Annotated[int, typer.Option(help="Random seed for data order, initialisation and sampling.")] = 0,
-    teacher: Annotated[str | None, typer.Option(help="Teacher: local path or hub id (default: the embedded tiny teacher).")] = None,
-    student: Annotated[str | None, typer.Option(help="Student: local path or hub id (default: the embedded tiny student).")] = None,
-    data: Annotated[str | None, typer.Option(help="JSONL file with 'prompt' and 'response' per line (default: the synthetic suite).")] = None,
+    teacher: Annotated[
+        str | None, typer.Option(help="Teacher: local path or hub id (default: the embedded tiny teacher).")
+    ] = None,
+    student: Annotated[
+        str | None, typer.Option(help="Student: local path or hub id (default: the embedded tiny student).")
+    ] = None,
+    data: Annotated[
+        str | None,
+        typer.Option(help="JSONL file with 'prompt' and 'response' per line (default: the synthetic suite)."),
+    ] = None,
     out: Annotated[Path | None, typer.Option(help="Run directory (default: runs/<id>-<time>).")] = None,
-    set_: Annotated[list[str] | None, typer.Option("--set", help="Override a hyper-parameter, e.g. --set temperature=2.0 (repeatable).")] = None,
-    trust_remote_code: Annotated[bool, typer.Option(help="Allow custom model code from the hub (off by default).")] = False,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="Override a hyper-parameter, e.g. --set temperature=2.0 (repeatable)."),
+    ] = None,
+    trust_remote_code: Annotated[
+        bool, typer.Option(help="Allow custom model code from the hub (off by default).")
+    ] = False,
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
 ) -> None:
     """Distil a student with a method and compare it with the baseline student and the teacher."""
@@ -247,6 +289,7 @@ def run(
             method_id,
             device=device.value,
             steps=steps,
+            sft_steps=sft_steps,
             seed=seed,
             teacher=teacher,
             student=student,
@@ -263,7 +306,9 @@ def run(
 
 @app.command()
 def schema(
-    check: Annotated[bool, typer.Option(help="Only check that the exported schema files are up to date.")] = False,
+    check: Annotated[
+        bool, typer.Option(help="Only check that the exported schema files are up to date.")
+    ] = False,
     root: RootOption = None,
 ) -> None:
     """Export the JSON Schema of entries, branches and the vocabulary into taxonomy/schema/."""

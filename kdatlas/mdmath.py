@@ -13,7 +13,7 @@ Rules (close to pandoc's ``tex_math_dollars``):
   runs first and fences are stashed by their preprocessor before any of this runs).
 
 An expression that latex2mathml cannot convert — a syntax error, or a command it does not know
-and would silently print as text — raises :class:`MathError` naming the expression, so a strict
+and would silently print as text — raises `MathError` naming the expression, so a strict
 build stops instead of shipping broken math. MkDocs prefixes the message with the page.
 """
 

@@ -3,7 +3,7 @@
 * ``tags_allowed`` of Material's tags plugin comes from ``taxonomy/vocabulary.yaml``, so a tag
   outside the controlled vocabulary fails the strict build;
 * the ``Taxonomy`` item of the nav (``- Taxonomy: taxonomy/index.md``) is expanded into the
-  generated tree of branch sections and entry pages (see :func:`kdatlas.pages.build_nav`);
+  generated tree of branch sections and entry pages (see `kdatlas.pages.build_nav`);
 * redirect stubs left by renamed entries are kept out of the nav without a warning.
 """
 

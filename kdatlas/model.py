@@ -5,7 +5,7 @@ file looks like. The JSON Schema exported from these classes (``kdatlas schema``
 the data so that editors can complete and check entries as they are typed.
 
 Cross-file rules (ids unique, relations resolve, BibTeX keys exist, implementations import) are
-not expressible per file; they live in :mod:`kdatlas.validate`.
+not expressible per file; they live in `kdatlas.validate`.
 """
 
 from __future__ import annotations
@@ -80,7 +80,9 @@ class Equation(_Strict):
     """One displayed equation, written in LaTeX without surrounding dollars."""
 
     label: Text = Field(description="What the equation computes, e.g. 'Token-level forward KL'.")
-    latex: Text = Field(description="LaTeX body, e.g. '\\mathrm{KL}(p\\,\\|\\,q)=\\sum_v p(v)\\log\\frac{p(v)}{q(v)}'.")
+    latex: Text = Field(
+        description="LaTeX body, e.g. '\\mathrm{KL}(p\\,\\|\\,q)=\\sum_v p(v)\\log\\frac{p(v)}{q(v)}'."
+    )
     where: str | None = Field(None, description="Optional explanation of the symbols.")
 
 
@@ -88,15 +90,21 @@ class Hyperparameter(_Strict):
     """A knob of the method with its default and where the paper states that default."""
 
     name: Text
-    default: str | int | float | bool | None = Field(description="The default used by the reference implementation.")
+    default: str | int | float | bool | None = Field(
+        description="The default used by the reference implementation."
+    )
     description: Text
-    source: Text = Field(description="Where the value comes from, e.g. 'Ko et al. 2024, §3.1' or 'TRL GKDConfig'.")
+    source: Text = Field(
+        description="Where the value comes from, e.g. 'Ko et al. 2024, §3.1' or 'TRL GKDConfig'."
+    )
 
 
 class Implementation(_Strict):
     """Where the runnable code lives."""
 
-    module: PythonPath = Field(description="Module that registers this entry's id in reference_impls.registry.")
+    module: PythonPath = Field(
+        description="Module that registers this entry's id in reference_impls.registry."
+    )
     api: list[PythonPath] = Field(
         default_factory=list,
         description="Dotted paths of the public functions shown on the page (rendered by mkdocstrings).",
@@ -131,7 +139,9 @@ class SurveyPlacement(_Strict):
 class Entry(_Strict):
     """One node of the knowledge base: a method, an objective, an evaluation, an application, ..."""
 
-    id: EntryId = Field(description="Stable kebab-case id; never reused. Renames keep the old id in former_ids.")
+    id: EntryId = Field(
+        description="Stable kebab-case id; never reused. Renames keep the old id in former_ids."
+    )
     kind: Kind
     name: Text
     branch: BranchPath = Field(description="Branch path; must equal the folder the file lives in.")
@@ -149,12 +159,16 @@ class Entry(_Strict):
     venue: Text
     teacher_access: TeacherAccess
     status: Status
-    status_reason: str | None = Field(None, description="Required when status is 'planned': what is missing and why.")
+    status_reason: str | None = Field(
+        None, description="Required when status is 'planned': what is missing and why."
+    )
     implementation: Implementation | None = None
     tags: list[EntryId] = Field(default_factory=list, description="Tags from taxonomy/vocabulary.yaml.")
     relations: list[Relation] = Field(default_factory=list)
     survey: SurveyPlacement
-    run_notes: str | None = Field(None, description="What the embedded CPU run shows, and what it cannot show.")
+    run_notes: str | None = Field(
+        None, description="What the embedded CPU run shows, and what it cannot show."
+    )
     former_ids: list[EntryId] = Field(default_factory=list, description="Ids this entry had before a rename.")
 
     @model_validator(mode="after")
@@ -184,7 +198,9 @@ class Branch(_Strict):
     id: BranchPath = Field(description="Branch path; must equal the folder path under taxonomy/.")
     name: Text
     description: Text
-    survey_section: str | None = Field(None, description="Matching section of the Yang et al. survey, if any.")
+    survey_section: str | None = Field(
+        None, description="Matching section of the Yang et al. survey, if any."
+    )
     order: int = Field(0, description="Position among its siblings (ascending).")
 
     @property

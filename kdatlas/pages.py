@@ -1,8 +1,8 @@
 """Render the documentation pages from the taxonomy and the bibliography — a plain Python step.
 
-Nothing here depends on MkDocs. :func:`generate_pages` takes a ``write(path, text)`` callback, so
+Nothing here depends on MkDocs. `generate_pages` takes a ``write(path, text)`` callback, so
 the same code runs inside mkdocs-gen-files (``docs/gen_pages.py``: virtual files) and standalone
-(:func:`write_pages`: real files, e.g. before a build with a successor generator). Every
+(`write_pages`: real files, e.g. before a build with a successor generator). Every
 ``render_*`` function is pure: data in, Markdown out.
 
 URL scheme (paths relative to the docs root; MkDocs serves ``x.md`` at ``x/``):
@@ -709,7 +709,7 @@ def math_problems(taxonomy: Taxonomy) -> list[Problem]:
 
 @dataclass
 class Generated:
-    """What :func:`generate_pages` wrote and what it found wrong."""
+    """What `generate_pages` wrote and what it found wrong."""
 
     pages: list[str]
     problems: list[Problem]

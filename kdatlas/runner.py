@@ -1,6 +1,6 @@
 """``kdatlas run ID``: build a method's recipe, run it, and write the run directory.
 
-The training itself is :func:`reference_impls.common.harness.run_recipe`; this module turns command
+The training itself is `reference_impls.common.harness.run_recipe`; this module turns command
 line values into a recipe and a run config, prints the comparison table, and writes
 
 - ``config.json``: the fully resolved configuration (method, hyper-parameters, models, budget);
@@ -20,7 +20,8 @@ from rich.table import Table
 
 METRIC_LABELS = {
     "exact_match": ("exact match ↑", "higher is better"),
-    "token_kl_to_teacher": ("token KL to teacher ↓", "lower is closer to the teacher"),
+    "token_kl_to_teacher": ("token KL(teacher‖student) ↓", "lower is closer to the teacher"),
+    "token_reverse_kl_to_teacher": ("token KL(student‖teacher) ↓", "lower stays inside the teacher's modes"),
     "rouge_l": ("ROUGE-L ↑", "higher is better"),
 }
 
@@ -57,7 +58,9 @@ def build_recipe(method_id: str, overrides: dict[str, str]) -> Any:
     unknown = sorted(set(overrides) - set(defaults))
     if unknown:
         known = ", ".join(f"{k}={v!r}" for k, v in defaults.items()) or "none"
-        raise RunError(f"{method_id} has no hyper-parameter {', '.join(unknown)}. Its hyper-parameters: {known}")
+        raise RunError(
+            f"{method_id} has no hyper-parameter {', '.join(unknown)}. Its hyper-parameters: {known}"
+        )
     values = {name: _coerce(name, raw, defaults[name]) for name, raw in overrides.items()}
     try:
         recipe = registration.build_recipe(**values)
@@ -95,14 +98,23 @@ def comparison_table(method_id: str, metrics: dict[str, dict[str, float]]) -> Ta
 
 
 def verdict(metrics: dict[str, dict[str, float]]) -> str:
-    """One honest sentence: did distillation bring the student closer to the teacher?"""
-    baseline = metrics["baseline"].get("token_kl_to_teacher")
-    distilled = metrics["distilled"].get("token_kl_to_teacher")
-    if baseline is None or distilled is None:
-        return ""
-    if distilled < baseline:
-        return f"The distilled student is closer to the teacher than the baseline (token KL {distilled:.4f} vs {baseline:.4f})."
-    return f"The distilled student is NOT closer to the teacher than the baseline here (token KL {distilled:.4f} vs {baseline:.4f})."
+    """One honest sentence: did distillation bring the student closer to the teacher, and by which KL?"""
+    closer, farther = [], []
+    for name, label in (("token_kl_to_teacher", "forward KL"), ("token_reverse_kl_to_teacher", "reverse KL")):
+        baseline, distilled = metrics["baseline"].get(name), metrics["distilled"].get(name)
+        if baseline is None or distilled is None:
+            continue
+        (closer if distilled < baseline else farther).append(f"{label} {distilled:.4f} vs {baseline:.4f}")
+    if closer and not farther:
+        return f"The distilled student is closer to the teacher than the baseline ({'; '.join(closer)})."
+    if closer:
+        return (
+            f"The distilled student is closer to the teacher by {'; '.join(closer)}, "
+            f"but not by {'; '.join(farther)} (distilled vs baseline)."
+        )
+    if farther:
+        return f"The distilled student is NOT closer to the teacher than the baseline here ({'; '.join(farther)})."
+    return ""
 
 
 def plot_curves(curves: dict[str, list[float]], path: Path, title: str) -> None:
@@ -128,7 +140,9 @@ def plot_curves(curves: dict[str, list[float]], path: Path, title: str) -> None:
 def write_run_dir(out: Path, result: Any) -> None:
     """Write config.json, metrics.json, curves.json and curves.png into ``out``."""
     out.mkdir(parents=True, exist_ok=True)
-    (out / "config.json").write_text(json.dumps(result.config, indent=2, default=str) + "\n", encoding="utf-8")
+    (out / "config.json").write_text(
+        json.dumps(result.config, indent=2, default=str) + "\n", encoding="utf-8"
+    )
     (out / "metrics.json").write_text(json.dumps(result.metrics, indent=2) + "\n", encoding="utf-8")
     (out / "curves.json").write_text(json.dumps(result.curves) + "\n", encoding="utf-8")
     plot_curves(result.curves, out / "curves.png", f"{result.config.get('method_id', '')} — training loss")
@@ -139,6 +153,7 @@ def run_method(
     *,
     device: str = "auto",
     steps: int | None = None,
+    sft_steps: int | None = None,
     seed: int = 0,
     teacher: str | None = None,
     student: str | None = None,
@@ -152,7 +167,7 @@ def run_method(
 ) -> Any:
     """Run ``method_id`` end to end and write its run directory; returns the harness's RunResult.
 
-    ``harness_options`` go to :func:`reference_impls.common.harness.run_recipe` unchanged (tests
+    ``harness_options`` go to `reference_impls.common.harness.run_recipe` unchanged (tests
     pass a few-step ``teacher_recipe``).
     """
     from reference_impls.common.harness import RunConfig, run_recipe
@@ -162,6 +177,7 @@ def run_method(
     config = RunConfig(
         device=device,
         steps=steps,
+        sft_steps=sft_steps,
         seed=seed,
         teacher=teacher,
         student=student,

@@ -2,7 +2,7 @@
 
 Each YAML file starts with ``# yaml-language-server: $schema=<relative path>`` so editors with the
 YAML language server complete and check fields while a contributor types. The files are
-generated from :mod:`kdatlas.model`; a test keeps them in sync.
+generated from `kdatlas.model`; a test keeps them in sync.
 """
 
 from __future__ import annotations

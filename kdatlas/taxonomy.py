@@ -10,7 +10,7 @@ Layout::
       white-box/logits/forward-kl.yaml   an entry: file name = id
 
 Loading never raises for bad data: every file that cannot be read or does not match the model
-becomes a :class:`~kdatlas.problems.Problem` and the rest still loads, so one pass reports all.
+becomes a `kdatlas.problems.Problem` and the rest still loads, so one pass reports all.
 """
 
 from __future__ import annotations
@@ -81,14 +81,19 @@ class Taxonomy:
         return ordered
 
 
-def _pydantic_problems(path: Path, lines: dict[PathKey, int], error: ValidationError, model: type[BaseModel]) -> list[Problem]:
+def _pydantic_problems(
+    path: Path, lines: dict[PathKey, int], error: ValidationError, model: type[BaseModel]
+) -> list[Problem]:
     problems = []
     for item in error.errors():
         loc = tuple(item["loc"])
         kind = item["type"]
         where = ".".join(str(part) for part in loc) or "(file)"
         if kind == "missing":
-            message, fix = f"missing field '{where}'", f"add '{loc[-1]}:' (see taxonomy/schema for what it holds)"
+            message, fix = (
+                f"missing field '{where}'",
+                f"add '{loc[-1]}:' (see taxonomy/schema for what it holds)",
+            )
         elif kind == "extra_forbidden":
             known = list(model.model_fields) if len(loc) == 1 else []
             guess = difflib.get_close_matches(str(loc[-1]), known, n=1)
@@ -96,7 +101,10 @@ def _pydantic_problems(path: Path, lines: dict[PathKey, int], error: ValidationE
             message, fix = f"unknown field '{where}'", hint
         elif kind == "enum":
             expected = item.get("ctx", {}).get("expected", "")
-            message, fix = f"'{where}' has the value {item.get('input')!r}, which is not allowed", f"use one of {expected}"
+            message, fix = (
+                f"'{where}' has the value {item.get('input')!r}, which is not allowed",
+                f"use one of {expected}",
+            )
         elif kind == "string_pattern_mismatch":
             message = f"'{where}' = {item.get('input')!r} is not in the required form"
             fix = "use lower-case kebab-case (e.g. 'forward-kl'; branches like 'white-box/logits'; modules like 'reference_impls.x')"
@@ -120,9 +128,24 @@ def parse_file(path: Path, model: type[BaseModel]) -> tuple[Any, dict[PathKey, i
     try:
         data, lines = load_yaml_with_lines(path)
     except YamlLoadError as error:
-        return None, {}, [Problem(path, error.line, error.message, "fix the YAML syntax (indentation, quotes, colons)")]
+        return (
+            None,
+            {},
+            [Problem(path, error.line, error.message, "fix the YAML syntax (indentation, quotes, colons)")],
+        )
     if not isinstance(data, dict):
-        return None, lines, [Problem(path, 1, "the file is not a YAML mapping", f"write 'key: value' pairs as in other {model.__name__} files")]
+        return (
+            None,
+            lines,
+            [
+                Problem(
+                    path,
+                    1,
+                    "the file is not a YAML mapping",
+                    f"write 'key: value' pairs as in other {model.__name__} files",
+                )
+            ],
+        )
     try:
         return model.model_validate(data), lines, []
     except ValidationError as error:
@@ -133,20 +156,34 @@ def load_taxonomy(root: Path) -> tuple[Taxonomy, list[Problem]]:
     """Load every branch, entry and the vocabulary below ``root/taxonomy``.
 
     Per-file problems (syntax, schema, file/folder naming, duplicate ids) are returned; cross-file
-    integrity is checked by :func:`kdatlas.validate.validate_repository`.
+    integrity is checked by `kdatlas.validate.validate_repository`.
     """
     taxonomy = Taxonomy(root=root)
     directory = taxonomy.directory
     problems: list[Problem] = []
     if not directory.is_dir():
-        return taxonomy, [Problem(directory, 1, "there is no taxonomy/ folder", "run kdatlas from the repository root or pass its path")]
+        return taxonomy, [
+            Problem(
+                directory,
+                1,
+                "there is no taxonomy/ folder",
+                "run kdatlas from the repository root or pass its path",
+            )
+        ]
 
     vocabulary_path = directory / VOCABULARY_FILE
     if vocabulary_path.is_file():
         taxonomy.vocabulary, _, found = parse_file(vocabulary_path, Vocabulary)
         problems += found
     else:
-        problems.append(Problem(vocabulary_path, 1, "the tag vocabulary is missing", "create taxonomy/vocabulary.yaml with a 'tags:' mapping"))
+        problems.append(
+            Problem(
+                vocabulary_path,
+                1,
+                "the tag vocabulary is missing",
+                "create taxonomy/vocabulary.yaml with a 'tags:' mapping",
+            )
+        )
 
     for path in sorted(directory.rglob("*.yaml")):
         relative = path.relative_to(directory)
@@ -159,7 +196,14 @@ def load_taxonomy(root: Path) -> tuple[Taxonomy, list[Problem]]:
             if branch is None:
                 continue
             if branch.id != folder:
-                problems.append(Problem(path, 1, f"branch id '{branch.id}' does not match its folder '{folder}'", f"set 'id: {folder}' or move the file"))
+                problems.append(
+                    Problem(
+                        path,
+                        1,
+                        f"branch id '{branch.id}' does not match its folder '{folder}'",
+                        f"set 'id: {folder}' or move the file",
+                    )
+                )
                 continue
             taxonomy.branches[branch.id] = branch
             taxonomy.files[branch.id] = path
@@ -170,13 +214,34 @@ def load_taxonomy(root: Path) -> tuple[Taxonomy, list[Problem]]:
             taxonomy.unparsed.add(path.stem)  # reported once, here; references to it are not errors
             continue
         if entry.id != path.stem:
-            problems.append(Problem(path, line_of(lines, ("id",)), f"entry id '{entry.id}' does not match the file name '{path.name}'", f"rename the file to '{entry.id}.yaml' or set 'id: {path.stem}'"))
+            problems.append(
+                Problem(
+                    path,
+                    line_of(lines, ("id",)),
+                    f"entry id '{entry.id}' does not match the file name '{path.name}'",
+                    f"rename the file to '{entry.id}.yaml' or set 'id: {path.stem}'",
+                )
+            )
             continue
         if entry.branch != folder:
-            problems.append(Problem(path, line_of(lines, ("branch",)), f"entry says 'branch: {entry.branch}' but lives in '{folder}'", f"set 'branch: {folder}' or move the file to taxonomy/{entry.branch}/"))
+            problems.append(
+                Problem(
+                    path,
+                    line_of(lines, ("branch",)),
+                    f"entry says 'branch: {entry.branch}' but lives in '{folder}'",
+                    f"set 'branch: {folder}' or move the file to taxonomy/{entry.branch}/",
+                )
+            )
         if entry.id in taxonomy.entries:
             first = taxonomy.files[entry.id]
-            problems.append(Problem(path, line_of(lines, ("id",)), f"duplicate id '{entry.id}' (also in {first.relative_to(root)})", "ids are unique: pick another id"))
+            problems.append(
+                Problem(
+                    path,
+                    line_of(lines, ("id",)),
+                    f"duplicate id '{entry.id}' (also in {first.relative_to(root)})",
+                    "ids are unique: pick another id",
+                )
+            )
             continue
         taxonomy.entries[entry.id] = entry
         taxonomy.files[entry.id] = path

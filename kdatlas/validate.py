@@ -35,10 +35,24 @@ def _check_tree(taxonomy: Taxonomy) -> list[Problem]:
     for branch in taxonomy.branches.values():
         if branch.parent and branch.parent not in taxonomy.branches:
             path = taxonomy.files[branch.id]
-            problems.append(Problem(path, 1, f"parent branch '{branch.parent}' has no {BRANCH_FILE}", f"add taxonomy/{branch.parent}/{BRANCH_FILE}"))
+            problems.append(
+                Problem(
+                    path,
+                    1,
+                    f"parent branch '{branch.parent}' has no {BRANCH_FILE}",
+                    f"add taxonomy/{branch.parent}/{BRANCH_FILE}",
+                )
+            )
     for entry in taxonomy.entries.values():
         if entry.branch not in taxonomy.branches:
-            problems.append(Problem(taxonomy.files[entry.id], taxonomy.line(entry.id, "branch"), f"branch '{entry.branch}' does not exist", f"add taxonomy/{entry.branch}/{BRANCH_FILE} or file the entry under an existing branch"))
+            problems.append(
+                Problem(
+                    taxonomy.files[entry.id],
+                    taxonomy.line(entry.id, "branch"),
+                    f"branch '{entry.branch}' does not exist",
+                    f"add taxonomy/{entry.branch}/{BRANCH_FILE} or file the entry under an existing branch",
+                )
+            )
     return problems
 
 
@@ -53,18 +67,53 @@ def _check_references(taxonomy: Taxonomy, bibliography: Bibliography) -> list[Pr
             if relation.target == entry.id:
                 problems.append(Problem(path, line, f"'{entry.id}' relates to itself", "remove the relation"))
             elif relation.target in former:
-                problems.append(Problem(path, line, f"relation target '{relation.target}' was renamed", f"use '{former[relation.target]}'"))
+                problems.append(
+                    Problem(
+                        path,
+                        line,
+                        f"relation target '{relation.target}' was renamed",
+                        f"use '{former[relation.target]}'",
+                    )
+                )
             elif relation.target not in taxonomy.entries and relation.target not in taxonomy.unparsed:
-                problems.append(Problem(path, line, f"relation target '{relation.target}' is not an entry", "fix the id or add the entry (kdatlas list shows the ids)"))
+                problems.append(
+                    Problem(
+                        path,
+                        line,
+                        f"relation target '{relation.target}' is not an entry",
+                        "fix the id or add the entry (kdatlas list shows the ids)",
+                    )
+                )
         for index, key in enumerate(entry.papers):
             if key not in bibliography.entries:
-                problems.append(Problem(path, taxonomy.line(entry.id, "papers", index), f"BibTeX key '{key}' is not in bib/", "add the entry to a bib/*.bib file (verified metadata) or fix the key"))
+                problems.append(
+                    Problem(
+                        path,
+                        taxonomy.line(entry.id, "papers", index),
+                        f"BibTeX key '{key}' is not in bib/",
+                        "add the entry to a bib/*.bib file (verified metadata) or fix the key",
+                    )
+                )
         for index, tag in enumerate(entry.tags):
             if known_tags and tag not in known_tags:
-                problems.append(Problem(path, taxonomy.line(entry.id, "tags", index), f"tag '{tag}' is not in the vocabulary", "use a tag from taxonomy/vocabulary.yaml or add it there with its meaning"))
+                problems.append(
+                    Problem(
+                        path,
+                        taxonomy.line(entry.id, "tags", index),
+                        f"tag '{tag}' is not in the vocabulary",
+                        "use a tag from taxonomy/vocabulary.yaml or add it there with its meaning",
+                    )
+                )
         for old in entry.former_ids:
             if old in taxonomy.entries:
-                problems.append(Problem(path, taxonomy.line(entry.id, "former_ids"), f"former id '{old}' is in use by another entry", "ids are never reused: pick a new id for the other entry"))
+                problems.append(
+                    Problem(
+                        path,
+                        taxonomy.line(entry.id, "former_ids"),
+                        f"former id '{old}' is in use by another entry",
+                        "ids are never reused: pick a new id for the other entry",
+                    )
+                )
     return problems
 
 
@@ -75,25 +124,60 @@ def _check_implementations(taxonomy: Taxonomy) -> list[Problem]:
 
         methods = registered_methods()
     except Exception as error:  # an import error in a method module must not hide the report
-        return [Problem(taxonomy.root / "reference_impls", 1, f"the method modules fail to import ({type(error).__name__}: {error})", "fix the module, then rerun kdatlas validate")]
+        return [
+            Problem(
+                taxonomy.root / "reference_impls",
+                1,
+                f"the method modules fail to import ({type(error).__name__}: {error})",
+                "fix the module, then rerun kdatlas validate",
+            )
+        ]
     for entry in taxonomy.entries.values():
         path = taxonomy.files[entry.id]
         implementation = entry.implementation
         if entry.status is not Status.implemented or implementation is None:
             if entry.id in methods:
-                problems.append(Problem(path, taxonomy.line(entry.id, "status"), f"'{entry.id}' is registered in {methods[entry.id].module} but has status '{entry.status.value}'", "set status: implemented and implementation.module"))
+                problems.append(
+                    Problem(
+                        path,
+                        taxonomy.line(entry.id, "status"),
+                        f"'{entry.id}' is registered in {methods[entry.id].module} but has status '{entry.status.value}'",
+                        "set status: implemented and implementation.module",
+                    )
+                )
             continue
         line = taxonomy.line(entry.id, "implementation", "module")
         try:
             importlib.import_module(implementation.module)
         except Exception as error:
-            problems.append(Problem(path, line, f"implementation module '{implementation.module}' does not import ({type(error).__name__}: {error})", "fix the module path or the module"))
+            problems.append(
+                Problem(
+                    path,
+                    line,
+                    f"implementation module '{implementation.module}' does not import ({type(error).__name__}: {error})",
+                    "fix the module path or the module",
+                )
+            )
             continue
         registered = methods.get(entry.id)
         if registered is None:
-            problems.append(Problem(path, line, f"'{entry.id}' is not registered by {implementation.module}", f"decorate its recipe builder with @register(\"{entry.id}\")"))
+            problems.append(
+                Problem(
+                    path,
+                    line,
+                    f"'{entry.id}' is not registered by {implementation.module}",
+                    f'decorate its recipe builder with @register("{entry.id}")',
+                )
+            )
         elif registered.module != implementation.module:
-            problems.append(Problem(path, line, f"'{entry.id}' is registered by {registered.module}, not {implementation.module}", f"set implementation.module: {registered.module}"))
+            problems.append(
+                Problem(
+                    path,
+                    line,
+                    f"'{entry.id}' is registered by {registered.module}, not {implementation.module}",
+                    f"set implementation.module: {registered.module}",
+                )
+            )
         for index, dotted in enumerate(implementation.api):
             module_name, _, attribute = dotted.rpartition(".")
             try:
@@ -101,10 +185,24 @@ def _check_implementations(taxonomy: Taxonomy) -> list[Problem]:
             except Exception:
                 found = False
             if not found:
-                problems.append(Problem(path, taxonomy.line(entry.id, "implementation", "api", index), f"API object '{dotted}' does not exist", "give the dotted path of a public function or class"))
+                problems.append(
+                    Problem(
+                        path,
+                        taxonomy.line(entry.id, "implementation", "api", index),
+                        f"API object '{dotted}' does not exist",
+                        "give the dotted path of a public function or class",
+                    )
+                )
     for method_id, registration in methods.items():
         if method_id not in taxonomy.entries:
-            problems.append(Problem(taxonomy.root / (registration.module.replace(".", "/") + ".py"), 1, f"registered method '{method_id}' has no taxonomy entry", f"add taxonomy/<branch>/{method_id}.yaml (kdatlas new method can scaffold it)"))
+            problems.append(
+                Problem(
+                    taxonomy.root / (registration.module.replace(".", "/") + ".py"),
+                    1,
+                    f"registered method '{method_id}' has no taxonomy entry",
+                    f"add taxonomy/<branch>/{method_id}.yaml (kdatlas new method can scaffold it)",
+                )
+            )
     return problems
 
 

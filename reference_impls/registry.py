@@ -1,10 +1,10 @@
 """Methods registered under their taxonomy ids.
 
-A method module registers one function per taxonomy id with :func:`register`. The function takes
+A method module registers one function per taxonomy id with `register`. The function takes
 the method's hyper-parameters as keyword arguments (with the paper's defaults) and returns a
-:class:`reference_impls.common.harness.Recipe`: the objective plus the source of the training
+`reference_impls.common.harness.Recipe`: the objective plus the source of the training
 sequences. ``kdatlas run ID`` and ``kdatlas validate`` discover them with
-:func:`registered_methods`, which imports every method module of this package once.
+`registered_methods`, which imports every method module of this package once.
 """
 
 from __future__ import annotations

@@ -22,26 +22,10 @@ works with a black-box teacher that returns text. BibTeX: ``kim2016sequence``.
 
 from __future__ import annotations
 
-from torch import Tensor
-
 from reference_impls.common.data_sources import TeacherGenerated
 from reference_impls.common.harness import Recipe
-from reference_impls.losses import hard_label_ce
+from reference_impls.common.training import cross_entropy_objective
 from reference_impls.registry import register
-
-
-def teacher_output_cross_entropy(student_logits: Tensor, teacher_logits: Tensor | None, labels: Tensor) -> Tensor:
-    """Token cross-entropy with the teacher's decoded tokens as labels; teacher logits are unused.
-
-    Args:
-        student_logits: ``[batch, seq, vocab]``, aligned with ``labels``.
-        teacher_logits: Ignored (SeqKD needs only the teacher's text).
-        labels: ``[batch, seq]`` teacher-output token ids, -100 on prompt and padding.
-
-    Returns:
-        The per-token mean cross-entropy.
-    """
-    return hard_label_ce(student_logits, labels)
 
 
 @register("seqkd")
@@ -57,7 +41,7 @@ def seqkd_recipe(decoding: str = "greedy") -> Recipe:
     """
     return Recipe(
         method_id="seqkd",
-        objective=teacher_output_cross_entropy,
+        objective=cross_entropy_objective,  # on the teacher's tokens; no teacher logits
         data_source=TeacherGenerated(decoding=decoding),
         uses_teacher_logits=False,
         hyperparameters={"decoding": decoding},

@@ -14,7 +14,7 @@ Algorithm (the paper's §2, applied per token as in the "KD" baselines of LLM pa
 4. Hard term: ordinary cross-entropy with the reference tokens, at T = 1.
 5. Minimise the α-weighted sum; the student is used at T = 1.
 
-The loss itself is :func:`reference_impls.losses.vanilla_kd_loss`; this module pairs it with the
+The loss itself is `reference_impls.losses.vanilla_kd_loss`; this module pairs it with the
 dataset's responses. BibTeX: ``hinton2015distilling``.
 """
 

@@ -6,7 +6,7 @@ response position,
 
 $$\mathcal{L}(\theta) = \frac{1}{|\mathcal{T}|}\sum_{t\in\mathcal{T}} D\big(p(\cdot\mid y_{<t},x),\ q_\theta(\cdot\mid y_{<t},x)\big).$$
 
-Each divergence of :mod:`reference_impls.losses` is its own taxonomy entry and is registered here
+Each divergence of `reference_impls.losses` is its own taxonomy entry and is registered here
 under that entry's id, with the hyper-parameter defaults the entry cites. Only the divergence
 changes between them; the sequences are always the dataset's responses (the "fixed" data source).
 Methods that change the sequences (SeqKD, GKD, MiniLLM, DistiLLM) live in their own modules.

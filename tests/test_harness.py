@@ -30,6 +30,7 @@ def forward_kl(
 RECIPE = Recipe("forward-kl", forward_kl, DatasetResponses(), hyperparameters={"temperature": 1.0})
 TINY = {
     "steps": 2,
+    "sft_steps": 2,
     "eval_size": 14,
     "train_size": 32,
     "batch_size": 8,

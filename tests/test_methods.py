@@ -7,6 +7,7 @@ real budget — is checked by the slow test at the end and measured in benchmark
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -19,7 +20,16 @@ from reference_impls.common.teacher import QUICK_RECIPE
 from reference_impls.registry import registered_methods
 
 REPO = Path(__file__).resolve().parents[1]
-TINY = {"steps": 2, "eval_size": 14, "train_size": 32, "batch_size": 8, "max_new_tokens": 8, "progress": False}
+USER_CACHE = os.environ.get("KDATLAS_CACHE")  # before the autouse fixture replaces it
+TINY = {
+    "steps": 2,
+    "sft_steps": 2,
+    "eval_size": 14,
+    "train_size": 32,
+    "batch_size": 8,
+    "max_new_tokens": 8,
+    "progress": False,
+}
 IMPLEMENTED = sorted(registered_methods())
 
 
@@ -58,9 +68,15 @@ def test_overrides_reach_the_recipe() -> None:
 
 @pytest.mark.parametrize(
     ("method_id", "override", "fragment"),
-    [("generalized-jsd", {"beta": "1.5"}, "beta"), ("vanilla-kd", {"temperature": "0"}, "temperature"), ("seqkd", {"decoding": "beam"}, "greedy")],
+    [
+        ("generalized-jsd", {"beta": "1.5"}, "beta"),
+        ("vanilla-kd", {"temperature": "0"}, "temperature"),
+        ("seqkd", {"decoding": "beam"}, "greedy"),
+    ],
 )
-def test_bad_hyperparameters_fail_before_any_training(method_id: str, override: dict[str, str], fragment: str) -> None:
+def test_bad_hyperparameters_fail_before_any_training(
+    method_id: str, override: dict[str, str], fragment: str
+) -> None:
     with pytest.raises(RunError, match=fragment):
         build_recipe(method_id, override)
 
@@ -68,7 +84,16 @@ def test_bad_hyperparameters_fail_before_any_training(method_id: str, override: 
 def test_run_method_writes_the_run_directory(tmp_path: Path) -> None:
     out = tmp_path / "run"
     console = Console(record=True, width=120)
-    run_method("forward-kl", device="cpu", steps=2, out=out, progress=False, console=console, teacher_recipe=QUICK_RECIPE)
+    run_method(
+        "forward-kl",
+        device="cpu",
+        steps=2,
+        sft_steps=2,
+        out=out,
+        progress=False,
+        console=console,
+        teacher_recipe=QUICK_RECIPE,
+    )
     metrics = json.loads((out / "metrics.json").read_text())
     assert set(metrics) == {"teacher", "baseline", "distilled"}
     assert set(metrics["distilled"]) == set(METRIC_NAMES)
@@ -76,4 +101,59 @@ def test_run_method_writes_the_run_directory(tmp_path: Path) -> None:
     assert config["method_id"] == "forward-kl" and config["hyperparameters"] == {"temperature": 1.0}
     assert (out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     shown = console.export_text()
-    assert "token KL to teacher" in shown and "distilled student" in shown
+    assert "token KL(teacher‖student)" in shown and "distilled student" in shown
+    assert "closer to the teacher" in shown  # the verdict sentence
+
+
+@pytest.mark.slow
+def test_default_budget_brings_the_student_closer_to_the_teacher(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The claim every method page makes, with the real embedded teacher and default budget.
+
+    Uses the user's cache (``$KDATLAS_CACHE`` or ``~/.cache/kdatlas``) like ``kdatlas run``: the
+    first run on a machine trains the teacher (under 2 minutes), later runs reuse it.
+    """
+    if USER_CACHE is None:
+        monkeypatch.delenv("KDATLAS_CACHE")
+    else:
+        monkeypatch.setenv("KDATLAS_CACHE", USER_CACHE)
+    result = run_recipe(build_recipe("forward-kl", {}), RunConfig(device="cpu", progress=False))
+    teacher, baseline, distilled = (result.metrics[role] for role in ("teacher", "baseline", "distilled"))
+    assert distilled["token_kl_to_teacher"] < baseline["token_kl_to_teacher"]
+    assert teacher["exact_match"] >= 0.7  # the tiny teacher is good, not perfect (see teacher.py)
+
+
+def test_baseline_and_distilled_share_start_data_and_budget() -> None:
+    """A 'distillation' whose objective is the baseline's cross-entropy reproduces the baseline
+    exactly: both students start from the same warm start and see the same batches."""
+    from reference_impls.common.data_sources import DatasetResponses
+    from reference_impls.common.harness import Recipe
+    from reference_impls.common.training import cross_entropy_objective
+
+    recipe = Recipe("plain-ce", cross_entropy_objective, DatasetResponses(), uses_teacher_logits=False)
+    config = RunConfig(device="cpu", **{**TINY, "steps": 3, "sft_steps": 3})
+    result = run_recipe(recipe, config, teacher_recipe=QUICK_RECIPE)
+    assert result.curves["distilled"] == pytest.approx(result.curves["baseline"])
+    assert result.metrics["distilled"] == pytest.approx(result.metrics["baseline"])
+
+
+@pytest.mark.parametrize(
+    ("baseline", "distilled", "expected"),
+    [
+        ((1.0, 1.0), (0.5, 0.5), "is closer to the teacher than the baseline"),
+        (
+            (1.0, 1.0),
+            (1.5, 0.5),
+            "closer to the teacher by reverse KL 0.5000 vs 1.0000, but not by forward KL",
+        ),
+        ((1.0, 1.0), (1.5, 1.5), "is NOT closer"),
+    ],
+)
+def test_verdict_reports_both_directions_honestly(
+    baseline: tuple[float, float], distilled: tuple[float, float], expected: str
+) -> None:
+    from kdatlas.runner import verdict
+
+    def row(values: tuple[float, float]) -> dict[str, float]:
+        return {"token_kl_to_teacher": values[0], "token_reverse_kl_to_teacher": values[1]}
+
+    assert expected in verdict({"baseline": row(baseline), "distilled": row(distilled)})

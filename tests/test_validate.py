@@ -47,7 +47,9 @@ def find(found: list[str], file_suffix: str, line: int, fragment: str) -> str:
         assert match, f"not in 'file:line: problem — fix' form: {message}"
         if match["file"].endswith(file_suffix) and int(match["line"]) == line and fragment in message:
             return message
-    raise AssertionError(f"no message for {file_suffix}:{line} containing {fragment!r} in:\n" + "\n".join(found))
+    raise AssertionError(
+        f"no message for {file_suffix}:{line} containing {fragment!r} in:\n" + "\n".join(found)
+    )
 
 
 FORWARD_KL = "taxonomy/white-box/logits/forward-kl.yaml"
@@ -62,18 +64,36 @@ def line_number(path: Path, startswith: str) -> int:
 
 def test_every_planted_problem_is_reported_in_one_pass(repo: Path) -> None:
     entry = repo / FORWARD_KL
-    edit(entry, "  - type: compared-with\n    target: reverse-kl", "  - type: compared-with\n    target: no-such-entry")
-    edit(entry, "papers: [hinton2015distilling, kim2016sequence]", "papers: [hinton2015distilling, missing2099key]")
+    edit(
+        entry,
+        "  - type: compared-with\n    target: reverse-kl",
+        "  - type: compared-with\n    target: no-such-entry",
+    )
+    edit(
+        entry,
+        "papers: [hinton2015distilling, kim2016sequence]",
+        "papers: [hinton2015distilling, missing2099key]",
+    )
     edit(entry, "tags: [divergence, mean-seeking, soft-targets]", "tags: [divergence, not-a-tag]")
     edit(entry, "kind: objective", "kind: objectiv")
     edit(repo / "taxonomy/white-box/logits/reverse-kl.yaml", "summary: >-", "sumary: >-")
     found = messages(repo)
     # kind typo → the entry does not load; its other problems are reported once it parses.
     find(found, FORWARD_KL, line_number(entry, "kind:"), "'kind' has the value 'objectiv'")
-    find(found, "reverse-kl.yaml", line_number(repo / "taxonomy/white-box/logits/reverse-kl.yaml", "sumary"), "did you mean 'summary'")
+    find(
+        found,
+        "reverse-kl.yaml",
+        line_number(repo / "taxonomy/white-box/logits/reverse-kl.yaml", "sumary"),
+        "did you mean 'summary'",
+    )
     edit(entry, "kind: objectiv", "kind: objective")
     found = messages(repo)
-    find(found, FORWARD_KL, line_number(entry, "target: no-such-entry"), "relation target 'no-such-entry' is not an entry")
+    find(
+        found,
+        FORWARD_KL,
+        line_number(entry, "target: no-such-entry"),
+        "relation target 'no-such-entry' is not an entry",
+    )
     find(found, FORWARD_KL, line_number(entry, "papers:"), "BibTeX key 'missing2099key' is not in bib/")
     find(found, FORWARD_KL, line_number(entry, "tags:"), "tag 'not-a-tag' is not in the vocabulary")
 
@@ -84,7 +104,11 @@ def test_every_planted_problem_is_reported_in_one_pass(repo: Path) -> None:
         ("id: forward-kl", "id: forward-kl-renamed", "does not match the file name"),
         ("branch: white-box/logits", "branch: white-box/hint", "lives in 'white-box/logits'"),
         ("status: implemented", "status: planned", "but an 'implementation' is given"),
-        ("status: implemented\nimplementation:\n  module: reference_impls.word_level_kd\n  api: [reference_impls.losses.forward_kl]", "status: planned", "'status_reason' is empty"),
+        (
+            "status: implemented\nimplementation:\n  module: reference_impls.word_level_kd\n  api: [reference_impls.losses.forward_kl]",
+            "status: planned",
+            "'status_reason' is empty",
+        ),
         ("year: 2016", "year: twenty", "year"),
         ("id: forward-kl", "id: Forward_KL", "kebab-case"),
     ],
@@ -107,7 +131,9 @@ def test_missing_branch_and_parent(repo: Path) -> None:
     shutil.rmtree(repo / "taxonomy/white-box/hint")
     (repo / "taxonomy/white-box/_branch.yaml").unlink()
     found = messages(repo)
-    assert any("white-box/logits/_branch.yaml:1: parent branch 'white-box' has no _branch.yaml" in m for m in found), found
+    assert any(
+        "white-box/logits/_branch.yaml:1: parent branch 'white-box' has no _branch.yaml" in m for m in found
+    ), found
 
 
 def test_duplicate_id_in_two_folders(repo: Path) -> None:
@@ -126,10 +152,22 @@ BROKEN_BIB = """
     ("bib_text", "fragment"),
     [
         (BROKEN_BIB, "does not parse"),
-        ("@misc{notitle2020,\n  author = {Doe, Jane},\n  year = {2020},\n  url = {https://example.org}\n}\n", "has no title"),
-        ("@misc{nolocator2020,\n  title = {T},\n  author = {Doe, Jane},\n  year = {2020}\n}\n", "no doi, eprint or url"),
-        ("@misc{hinton2015distilling,\n  title = {Dup},\n  author = {Doe, Jane},\n  year = {2020},\n  url = {https://x.org}\n}\n", "duplicate BibTeX key 'hinton2015distilling'"),
-        ("@misc{badyear,\n  title = {T},\n  author = {Doe, Jane},\n  year = {20x5},\n  url = {https://x.org}\n}\n", "four-digit year"),
+        (
+            "@misc{notitle2020,\n  author = {Doe, Jane},\n  year = {2020},\n  url = {https://example.org}\n}\n",
+            "has no title",
+        ),
+        (
+            "@misc{nolocator2020,\n  title = {T},\n  author = {Doe, Jane},\n  year = {2020}\n}\n",
+            "no doi, eprint or url",
+        ),
+        (
+            "@misc{hinton2015distilling,\n  title = {Dup},\n  author = {Doe, Jane},\n  year = {2020},\n  url = {https://x.org}\n}\n",
+            "duplicate BibTeX key 'hinton2015distilling'",
+        ),
+        (
+            "@misc{badyear,\n  title = {T},\n  author = {Doe, Jane},\n  year = {20x5},\n  url = {https://x.org}\n}\n",
+            "four-digit year",
+        ),
     ],
 )
 def test_bibliography_problems(repo: Path, bib_text: str, fragment: str) -> None:
@@ -141,10 +179,19 @@ def test_bibliography_problems(repo: Path, bib_text: str, fragment: str) -> None
 
 def test_implementation_problems(repo: Path) -> None:
     edit(repo / FORWARD_KL, "module: reference_impls.word_level_kd", "module: reference_impls.not_there")
-    edit(repo / "taxonomy/white-box/logits/reverse-kl.yaml", "api: [reference_impls.losses.reverse_kl]", "api: [reference_impls.losses.no_such_function]")
+    edit(
+        repo / "taxonomy/white-box/logits/reverse-kl.yaml",
+        "api: [reference_impls.losses.reverse_kl]",
+        "api: [reference_impls.losses.no_such_function]",
+    )
     found = messages(repo, check_implementations=True)
-    assert any("forward-kl.yaml" in m and "'reference_impls.not_there' does not import" in m for m in found), found
-    assert any("reverse-kl.yaml" in m and "'reference_impls.losses.no_such_function' does not exist" in m for m in found), found
+    assert any(
+        "forward-kl.yaml" in m and "'reference_impls.not_there' does not import" in m for m in found
+    ), found
+    assert any(
+        "reverse-kl.yaml" in m and "'reference_impls.losses.no_such_function' does not exist" in m
+        for m in found
+    ), found
 
 
 def test_registered_method_without_entry(repo: Path) -> None:
@@ -155,13 +202,17 @@ def test_registered_method_without_entry(repo: Path) -> None:
 
 def test_cli_exit_status_and_no_traceback(repo: Path) -> None:
     (repo / FORWARD_KL).write_text(":\n  - ][\n", encoding="utf-8")
-    result = subprocess.run([sys.executable, "-m", "kdatlas", "validate", str(repo)], capture_output=True, text=True, check=False)
+    result = subprocess.run(
+        [sys.executable, "-m", "kdatlas", "validate", str(repo)], capture_output=True, text=True, check=False
+    )
     assert result.returncode == 1
     assert "Traceback" not in result.stdout + result.stderr
     assert "forward-kl.yaml:" in result.stdout
 
 
 def test_cli_validate_clean_repo_exits_zero() -> None:
-    result = subprocess.run([sys.executable, "-m", "kdatlas", "validate", str(REPO)], capture_output=True, text=True, check=False)
+    result = subprocess.run(
+        [sys.executable, "-m", "kdatlas", "validate", str(REPO)], capture_output=True, text=True, check=False
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "no problems" in result.stderr

@@ -10,7 +10,7 @@ on which that divergence is evaluated:
 4. ``mixed``: student samples with probability λ, else fixed (GKD 0<λ<1);
 5. ``adaptive off-policy``: a replay buffer of student samples (DistiLLM).
 
-A :class:`DataSource` is the second axis as a component. Version 1 implements the two *static*
+A `DataSource` is the second axis as a component. Version 1 implements the two *static*
 sources (1 and 2): their responses are computed once per run, before training. The dynamic
 sources (3-5) need the current student at every step and will extend this interface with a
 per-step hook; the static ones stay valid as they are.

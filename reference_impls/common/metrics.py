@@ -81,8 +81,13 @@ def token_kl_to_teacher(
     *,
     batch_size: int = 256,
     vocab_size: int | None = None,
+    reverse: bool = False,
 ) -> float:
     r"""Mean over reference-response tokens of $\mathrm{KL}(p_{teacher} \,\|\, q_{student})$.
+
+    With ``reverse=True``, of $\mathrm{KL}(q_{student} \,\|\, p_{teacher})$ instead: forward KL
+    rewards a student that covers all of the teacher's mass, reverse KL one that stays inside
+    the teacher's modes, so mode-seeking objectives should be judged by both.
 
     Both models are teacher-forced on the same ``[bos] prompt response [eos]`` sequences; the
     KL is taken at every position that predicts a response token (EOS included) and averaged
@@ -96,6 +101,7 @@ def token_kl_to_teacher(
         examples: Sequences to score (their reference ``response``).
         batch_size: Sequences per forward pass.
         vocab_size: Cut logits to the first ``vocab_size`` entries (differently padded heads).
+        reverse: Measure $\mathrm{KL}(q \,\|\, p)$ instead.
     """
     device = next(student.parameters()).device
     total, count = 0.0, 0
@@ -114,6 +120,8 @@ def token_kl_to_teacher(
         mask = labels != -100
         log_p = torch.log_softmax(teacher_logits[mask].float(), dim=-1)
         log_q = torch.log_softmax(student_logits[mask].float(), dim=-1)
+        if reverse:
+            log_p, log_q = log_q, log_p
         # xlogy-style: positions where p == 0 contribute exactly 0 even if log q is -inf.
         kl = torch.where(log_p.exp() > 0, log_p.exp() * (log_p - log_q), torch.zeros_like(log_p))
         total += kl.sum().item()

@@ -238,7 +238,7 @@ def with_rationale(example: Example) -> Example:
     """The chain-of-thought rendering: the response becomes ``"<rationale> => <answer>"``.
 
     Examples without a rationale are returned unchanged (answer only). Score outputs with
-    :func:`extract_answer` first.
+    `extract_answer` first.
     """
     if not example.rationale:
         return example

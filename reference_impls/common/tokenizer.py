@@ -5,7 +5,7 @@ sorting a word is a per-character operation) and makes every model built on it s
 vocabulary, which token-level (same-vocabulary) distillation requires.
 
 Cross-tokenizer methods (ULD, DSKD) need a *second*, different student vocabulary. It belongs
-here as another builder next to :func:`build_tokenizer` (e.g. ``build_student_bpe_tokenizer``,
+here as another builder next to `build_tokenizer` (e.g. ``build_student_bpe_tokenizer``,
 a small BPE trained on the suite that merges frequent bigrams) registered in ``TOKENIZERS``.
 """
 

@@ -23,6 +23,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from ..losses import hard_label_ce
 from .tokenizer import encode_pair, pad_id
 
 Objective = Callable[[Tensor, Tensor | None, Tensor], Tensor]
@@ -190,6 +191,4 @@ def cross_entropy_objective(student_logits: Tensor, teacher_logits: Tensor | Non
         teacher_logits: Ignored.
         labels: ``[batch, seq]``, -100 ignored; per-token mean.
     """
-    return torch.nn.functional.cross_entropy(
-        student_logits.flatten(0, 1).float(), labels.flatten(), ignore_index=-100
-    )
+    return hard_label_ce(student_logits, labels)
