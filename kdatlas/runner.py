@@ -22,6 +22,7 @@ METRIC_LABELS = {
     "exact_match": ("exact match ↑", "higher is better"),
     "token_kl_to_teacher": ("token KL(teacher‖student) ↓", "lower is closer to the teacher"),
     "token_reverse_kl_to_teacher": ("token KL(student‖teacher) ↓", "lower stays inside the teacher's modes"),
+    "token_tvd_to_teacher": ("token TVD to teacher ↓", "lower is closer, both errors alike"),
     "rouge_l": ("ROUGE-L ↑", "higher is better"),
 }
 
@@ -100,7 +101,12 @@ def comparison_table(method_id: str, metrics: dict[str, dict[str, float]]) -> Ta
 def verdict(metrics: dict[str, dict[str, float]]) -> str:
     """One honest sentence: did distillation bring the student closer to the teacher, and by which KL?"""
     closer, farther = [], []
-    for name, label in (("token_kl_to_teacher", "forward KL"), ("token_reverse_kl_to_teacher", "reverse KL")):
+    measures = (
+        ("token_kl_to_teacher", "forward KL"),
+        ("token_reverse_kl_to_teacher", "reverse KL"),
+        ("token_tvd_to_teacher", "TVD"),
+    )
+    for name, label in measures:
         baseline, distilled = metrics["baseline"].get(name), metrics["distilled"].get(name)
         if baseline is None or distilled is None:
             continue

@@ -7,7 +7,13 @@ import math
 import pytest
 import torch
 
-from reference_impls.common.metrics import exact_match, lcs_length, mean_rouge_l, rouge_l, token_kl_to_teacher
+from reference_impls.common.metrics import (
+    exact_match,
+    lcs_length,
+    mean_rouge_l,
+    rouge_l,
+    token_divergence_to_teacher,
+)
 from reference_impls.common.models import build_decoder, build_student_config
 from reference_impls.common.tasks import Example
 from reference_impls.common.tokenizer import build_tokenizer
@@ -71,8 +77,21 @@ def test_token_kl_matches_a_hand_computed_value() -> None:
     student_logits = [math.log(0.5), math.log(0.5)] + [-1e4] * (vocab - 2)
     expected = 0.75 * math.log(0.75 / 0.5) + 0.25 * math.log(0.25 / 0.5)
     examples = [example("rev: ab =", "ba"), example("up: abc =", "ABC")]
-    kl = token_kl_to_teacher(_FixedLogits(student_logits), _FixedLogits(teacher_logits), tokenizer, examples)
+    kl = token_divergence_to_teacher(
+        _FixedLogits(student_logits), _FixedLogits(teacher_logits), tokenizer, examples
+    )
     assert kl == pytest.approx(expected, rel=1e-5)
+    teacher, student = _FixedLogits(teacher_logits), _FixedLogits(student_logits)
+    reverse = 0.5 * math.log(0.5 / 0.75) + 0.5 * math.log(0.5 / 0.25)
+    assert token_divergence_to_teacher(
+        student, teacher, tokenizer, examples, measure="reverse-kl"
+    ) == pytest.approx(reverse, rel=1e-5)
+    tvd = 0.5 * (abs(0.75 - 0.5) + abs(0.25 - 0.5))
+    assert token_divergence_to_teacher(
+        student, teacher, tokenizer, examples, measure="total-variation"
+    ) == pytest.approx(tvd, rel=1e-5)
+    with pytest.raises(ValueError, match="unknown measure"):
+        token_divergence_to_teacher(student, teacher, tokenizer, examples, measure="hellinger")
 
 
 def test_token_kl_is_zero_for_identical_models_and_positive_otherwise() -> None:
@@ -80,8 +99,8 @@ def test_token_kl_is_zero_for_identical_models_and_positive_otherwise() -> None:
     config = build_student_config(tokenizer)
     a, b = build_decoder(config, 0), build_decoder(config, 1)
     examples = [example("rev: ab =", "ba"), example("copy: abcde =", "abcde")]
-    assert token_kl_to_teacher(a, a, tokenizer, examples) == pytest.approx(0.0, abs=1e-6)
-    assert token_kl_to_teacher(a, b, tokenizer, examples) > 0
+    assert token_divergence_to_teacher(a, a, tokenizer, examples) == pytest.approx(0.0, abs=1e-6)
+    assert token_divergence_to_teacher(a, b, tokenizer, examples) > 0
 
 
 def test_token_kl_averages_over_response_tokens_only() -> None:
@@ -93,6 +112,6 @@ def test_token_kl_averages_over_response_tokens_only() -> None:
     student = _FixedLogits([1.0] + [0.0] * (vocab - 1))
     short = [example("a =", "b")]
     mixed = [example("a =", "b"), example("a much longer prompt =", "and response")]
-    one = token_kl_to_teacher(student, teacher, tokenizer, short)
-    assert token_kl_to_teacher(student, teacher, tokenizer, mixed, batch_size=1) == pytest.approx(one)
-    assert token_kl_to_teacher(student, teacher, tokenizer, mixed) == pytest.approx(one)
+    one = token_divergence_to_teacher(student, teacher, tokenizer, short)
+    assert token_divergence_to_teacher(student, teacher, tokenizer, mixed, batch_size=1) == pytest.approx(one)
+    assert token_divergence_to_teacher(student, teacher, tokenizer, mixed) == pytest.approx(one)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -28,15 +29,6 @@ def forward_kl(
 
 
 RECIPE = Recipe("forward-kl", forward_kl, DatasetResponses(), hyperparameters={"temperature": 1.0})
-TINY = {
-    "steps": 2,
-    "sft_steps": 2,
-    "eval_size": 14,
-    "train_size": 32,
-    "batch_size": 8,
-    "max_new_tokens": 8,
-    "progress": False,
-}
 
 
 @pytest.fixture
@@ -102,8 +94,8 @@ def test_data_sources() -> None:
 # ------------------------------------------------------------------------------------ the harness
 
 
-def test_run_recipe_end_to_end_with_the_embedded_teacher(cache: Path) -> None:
-    config = RunConfig(device="cpu", **TINY)
+def test_run_recipe_end_to_end_with_the_embedded_teacher(cache: Path, tiny_run: dict[str, Any]) -> None:
+    config = RunConfig(device="cpu", **tiny_run)
     result = run_recipe(RECIPE, config, teacher_recipe=QUICK_RECIPE)
     assert set(result.metrics) == {"teacher", "baseline", "distilled"}
     for metrics in result.metrics.values():
@@ -126,7 +118,7 @@ def test_run_recipe_end_to_end_with_the_embedded_teacher(cache: Path) -> None:
     assert again.metrics["distilled"] == pytest.approx(result.metrics["distilled"])  # deterministic
 
 
-def test_objective_without_teacher_logits_gets_none(cache: Path) -> None:
+def test_objective_without_teacher_logits_gets_none(cache: Path, tiny_run: dict[str, Any]) -> None:
     seen = []
 
     def sequence_level(
@@ -138,7 +130,7 @@ def test_objective_without_teacher_logits_gets_none(cache: Path) -> None:
         )
 
     recipe = Recipe("seqkd", sequence_level, TeacherGenerated(), uses_teacher_logits=False)
-    result = run_recipe(recipe, RunConfig(device="cpu", **TINY), teacher_recipe=QUICK_RECIPE)
+    result = run_recipe(recipe, RunConfig(device="cpu", **tiny_run), teacher_recipe=QUICK_RECIPE)
     assert seen == [None, None]
     assert result.config["data_source"] == {"name": "teacher", "decoding": "greedy"}
 
@@ -156,11 +148,13 @@ def _save_pair(tmp_path: Path, student_tokenizer_extra: str | None = None) -> tu
     return str(tmp_path / "teacher"), str(tmp_path / "student")
 
 
-def test_run_recipe_with_local_model_paths_and_jsonl(cache: Path, tmp_path: Path) -> None:
+def test_run_recipe_with_local_model_paths_and_jsonl(
+    cache: Path, tmp_path: Path, tiny_run: dict[str, Any]
+) -> None:
     teacher, student = _save_pair(tmp_path)
     data = tmp_path / "data.jsonl"
     save_jsonl(make_split("train", 40), data)
-    config = RunConfig(device="cpu", teacher=teacher, student=student, data=str(data), **TINY)
+    config = RunConfig(device="cpu", teacher=teacher, student=student, data=str(data), **tiny_run)
     result = run_recipe(RECIPE, config)
     assert set(result.metrics) == {"teacher", "baseline", "distilled"}
     assert result.config["data"] == {
@@ -172,11 +166,11 @@ def test_run_recipe_with_local_model_paths_and_jsonl(cache: Path, tmp_path: Path
 
 
 def test_vocabulary_mismatch_names_both_sizes_and_the_cross_tokenizer_methods(
-    cache: Path, tmp_path: Path
+    cache: Path, tmp_path: Path, tiny_run: dict[str, Any]
 ) -> None:
     teacher, student = _save_pair(tmp_path, student_tokenizer_extra="<extra>")
     with pytest.raises(ValueError) as error:
-        run_recipe(RECIPE, RunConfig(device="cpu", teacher=teacher, student=student, **TINY))
+        run_recipe(RECIPE, RunConfig(device="cpu", teacher=teacher, student=student, **tiny_run))
     message = str(error.value)
     assert "100 tokens" in message and "101 tokens" in message
     assert "`uld`" in message and "`dskd`" in message

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 from rich.console import Console
@@ -21,15 +22,6 @@ from reference_impls.registry import registered_methods
 
 REPO = Path(__file__).resolve().parents[1]
 USER_CACHE = os.environ.get("KDATLAS_CACHE")  # before the autouse fixture replaces it
-TINY = {
-    "steps": 2,
-    "sft_steps": 2,
-    "eval_size": 14,
-    "train_size": 32,
-    "batch_size": 8,
-    "max_new_tokens": 8,
-    "progress": False,
-}
 IMPLEMENTED = sorted(registered_methods())
 
 
@@ -49,10 +41,10 @@ def test_every_implemented_entry_is_registered_and_vice_versa() -> None:
 
 
 @pytest.mark.parametrize("method_id", IMPLEMENTED)
-def test_method_runs_end_to_end(method_id: str) -> None:
+def test_method_runs_end_to_end(method_id: str, tiny_run: dict[str, Any]) -> None:
     recipe = build_recipe(method_id, {})
     assert recipe.method_id == method_id
-    result = run_recipe(recipe, RunConfig(device="cpu", **TINY), teacher_recipe=QUICK_RECIPE)
+    result = run_recipe(recipe, RunConfig(device="cpu", **tiny_run), teacher_recipe=QUICK_RECIPE)
     assert set(result.metrics) == {"teacher", "baseline", "distilled"}
     for role, metrics in result.metrics.items():
         assert set(metrics) == set(METRIC_NAMES), role
@@ -122,7 +114,7 @@ def test_default_budget_brings_the_student_closer_to_the_teacher(monkeypatch: py
     assert teacher["exact_match"] >= 0.7  # the tiny teacher is good, not perfect (see teacher.py)
 
 
-def test_baseline_and_distilled_share_start_data_and_budget() -> None:
+def test_baseline_and_distilled_share_start_data_and_budget(tiny_run: dict[str, Any]) -> None:
     """A 'distillation' whose objective is the baseline's cross-entropy reproduces the baseline
     exactly: both students start from the same warm start and see the same batches."""
     from reference_impls.common.data_sources import DatasetResponses
@@ -130,30 +122,30 @@ def test_baseline_and_distilled_share_start_data_and_budget() -> None:
     from reference_impls.common.training import cross_entropy_objective
 
     recipe = Recipe("plain-ce", cross_entropy_objective, DatasetResponses(), uses_teacher_logits=False)
-    config = RunConfig(device="cpu", **{**TINY, "steps": 3, "sft_steps": 3})
+    config = RunConfig(device="cpu", **{**tiny_run, "steps": 3, "sft_steps": 3})
     result = run_recipe(recipe, config, teacher_recipe=QUICK_RECIPE)
     assert result.curves["distilled"] == pytest.approx(result.curves["baseline"])
     assert result.metrics["distilled"] == pytest.approx(result.metrics["baseline"])
 
 
 @pytest.mark.parametrize(
-    ("baseline", "distilled", "expected"),
+    ("distilled", "expected"),
     [
-        ((1.0, 1.0), (0.5, 0.5), "is closer to the teacher than the baseline"),
+        ((0.5, 0.5, 0.5), "is closer to the teacher than the baseline (forward KL 0.5000 vs 1.0000"),
         (
-            (1.0, 1.0),
-            (1.5, 0.5),
-            "closer to the teacher by reverse KL 0.5000 vs 1.0000, but not by forward KL",
+            (1.5, 0.5, 1.5),
+            "closer to the teacher by reverse KL 0.5000 vs 1.0000, but not by forward KL 1.5000",
         ),
-        ((1.0, 1.0), (1.5, 1.5), "is NOT closer"),
+        ((1.5, 1.5, 1.5), "is NOT closer"),
     ],
 )
-def test_verdict_reports_both_directions_honestly(
-    baseline: tuple[float, float], distilled: tuple[float, float], expected: str
+def test_verdict_reports_every_distance_honestly(
+    distilled: tuple[float, float, float], expected: str
 ) -> None:
     from kdatlas.runner import verdict
 
-    def row(values: tuple[float, float]) -> dict[str, float]:
-        return {"token_kl_to_teacher": values[0], "token_reverse_kl_to_teacher": values[1]}
+    def row(values: tuple[float, float, float]) -> dict[str, float]:
+        names = ("token_kl_to_teacher", "token_reverse_kl_to_teacher", "token_tvd_to_teacher")
+        return dict(zip(names, values, strict=True))
 
-    assert expected in verdict({"baseline": row(baseline), "distilled": row(distilled)})
+    assert expected in verdict({"baseline": row((1.0, 1.0, 1.0)), "distilled": row(distilled)})

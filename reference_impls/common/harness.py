@@ -37,7 +37,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, P
 
 from .data_sources import DataSource, SourceContext
 from .generation import generate_responses
-from .metrics import exact_match, mean_rouge_l, token_kl_to_teacher
+from .metrics import exact_match, mean_rouge_l, token_divergence_to_teacher
 from .models import build_decoder, build_student_config, count_parameters
 from .tasks import SUITE_VERSION, Example, load_jsonl, make_split
 from .teacher import TeacherRecipe, cache_root, load_or_train_teacher, teacher_key
@@ -52,7 +52,19 @@ DEFAULT_STEPS = 800
 # would compare learning speed rather than what each objective transfers.
 DEFAULT_SFT_STEPS = 400
 DEFAULT_TRAIN_SIZE = 1000
-METRIC_NAMES = ("exact_match", "token_kl_to_teacher", "token_reverse_kl_to_teacher", "rouge_l")
+METRIC_NAMES = (
+    "exact_match",
+    "token_kl_to_teacher",
+    "token_reverse_kl_to_teacher",
+    "token_tvd_to_teacher",
+    "rouge_l",
+)
+# Metric name → the teacher-forced distance it reports (see metrics.token_divergence_to_teacher).
+DISTANCE_METRICS = {
+    "token_kl_to_teacher": "forward-kl",
+    "token_reverse_kl_to_teacher": "reverse-kl",
+    "token_tvd_to_teacher": "total-variation",
+}
 
 
 @dataclass(frozen=True)
@@ -205,16 +217,17 @@ def evaluate(
     predictions = generate_responses(
         model, tokenizer, [e.prompt for e in examples], max_new_tokens=max_new_tokens
     )
-    forward = reverse = 0.0
-    if model is not teacher:
-        forward = token_kl_to_teacher(model, teacher, tokenizer, examples, vocab_size=vocab_size)
-        reverse = token_kl_to_teacher(
-            model, teacher, tokenizer, examples, vocab_size=vocab_size, reverse=True
+    distances = {
+        name: 0.0
+        if model is teacher
+        else token_divergence_to_teacher(
+            model, teacher, tokenizer, examples, vocab_size=vocab_size, measure=measure
         )
+        for name, measure in DISTANCE_METRICS.items()
+    }
     return {
         "exact_match": exact_match(predictions, examples),
-        "token_kl_to_teacher": forward,
-        "token_reverse_kl_to_teacher": reverse,
+        **distances,
         "rouge_l": mean_rouge_l(predictions, examples),
     }
 
@@ -305,20 +318,24 @@ def run_recipe(
         prompts = [e.prompt for e in train]
         return make_dataloader(tokenizer, prompts, responses, batch_size=config.batch_size, seed=config.seed)
 
-    # The shared starting point of both students: `sft_steps` of cross-entropy on the responses.
-    tick = time.perf_counter()
-    if sft_steps:
-        train_student(
-            start,
+    def supervised(model: PreTrainedModel, n_steps: int, description: str) -> list[float]:
+        """Plain cross-entropy on the dataset responses: the warm start and the baseline."""
+        return train_student(
+            model,
             loader([e.response for e in train]),
             cross_entropy_objective,
-            sft_steps,
+            n_steps,
             accelerator,
             learning_rate=config.learning_rate,
             vocab_size=vocab_size,
             progress=config.progress,
-            description="Warm start (supervised fine-tuning, shared)",
+            description=description,
         )
+
+    # The shared starting point of both students: `sft_steps` of cross-entropy on the responses.
+    tick = time.perf_counter()
+    if sft_steps:
+        supervised(start, sft_steps, "Warm start (supervised fine-tuning, shared)")
         start = accelerator.unwrap_model(start)
     seconds["warm_start"] = time.perf_counter() - tick
     distilled = copy.deepcopy(start)  # trained in step 6
@@ -370,17 +387,7 @@ def run_recipe(
         metrics["baseline"], curves["baseline"] = cached["metrics"], cached["curve"]
     else:
         baseline = copy.deepcopy(start)
-        curves["baseline"] = train_student(
-            baseline,
-            loader([e.response for e in train]),
-            cross_entropy_objective,
-            steps,
-            accelerator,
-            learning_rate=config.learning_rate,
-            vocab_size=vocab_size,
-            progress=config.progress,
-            description="Baseline student (cross-entropy, no teacher)",
-        )
+        curves["baseline"] = supervised(baseline, steps, "Baseline student (cross-entropy, no teacher)")
         if accelerator.is_main_process:
             metrics["baseline"] = score(accelerator.unwrap_model(baseline))
             _write_cache(

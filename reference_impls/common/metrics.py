@@ -72,8 +72,11 @@ def mean_rouge_l(predictions: Sequence[str], examples: Sequence[Example], *, uni
     return sum(scores) / len(scores)
 
 
+MEASURES = ("forward-kl", "reverse-kl", "total-variation")
+
+
 @torch.no_grad()
-def token_kl_to_teacher(
+def token_divergence_to_teacher(
     student: PreTrainedModel,
     teacher: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
@@ -81,16 +84,18 @@ def token_kl_to_teacher(
     *,
     batch_size: int = 256,
     vocab_size: int | None = None,
-    reverse: bool = False,
+    measure: str = "forward-kl",
 ) -> float:
-    r"""Mean over reference-response tokens of $\mathrm{KL}(p_{teacher} \,\|\, q_{student})$.
+    r"""Mean over reference-response tokens of a teacher–student distance, by default $\mathrm{KL}(p_{teacher} \,\|\, q_{student})$.
 
-    With ``reverse=True``, of $\mathrm{KL}(q_{student} \,\|\, p_{teacher})$ instead: forward KL
-    rewards a student that covers all of the teacher's mass, reverse KL one that stays inside
-    the teacher's modes, so mode-seeking objectives should be judged by both.
+    ``measure`` picks the per-token distance: ``"forward-kl"`` (the default, above),
+    ``"reverse-kl"`` ($\mathrm{KL}(q \,\|\, p)$) or ``"total-variation"``
+    ($\tfrac12\sum_v |p - q|$). Forward KL rewards a student that covers all of the teacher's
+    mass, reverse KL one that stays inside the teacher's modes, TVD treats both errors alike;
+    each objective family should be judged by the distance it optimises as well.
 
     Both models are teacher-forced on the same ``[bos] prompt response [eos]`` sequences; the
-    KL is taken at every position that predicts a response token (EOS included) and averaged
+    distance is taken at every position that predicts a response token (EOS included) and averaged
     over all such positions of all examples:
     $\frac{1}{N}\sum_t \sum_v p_t(v) (\log p_t(v) - \log q_t(v))$, in float32.
 
@@ -101,8 +106,10 @@ def token_kl_to_teacher(
         examples: Sequences to score (their reference ``response``).
         batch_size: Sequences per forward pass.
         vocab_size: Cut logits to the first ``vocab_size`` entries (differently padded heads).
-        reverse: Measure $\mathrm{KL}(q \,\|\, p)$ instead.
+        measure: ``"forward-kl"``, ``"reverse-kl"`` or ``"total-variation"``.
     """
+    if measure not in MEASURES:
+        raise ValueError(f"unknown measure {measure!r}; use one of {', '.join(MEASURES)}")
     device = next(student.parameters()).device
     total, count = 0.0, 0
     pad = pad_id(tokenizer)
@@ -120,10 +127,13 @@ def token_kl_to_teacher(
         mask = labels != -100
         log_p = torch.log_softmax(teacher_logits[mask].float(), dim=-1)
         log_q = torch.log_softmax(student_logits[mask].float(), dim=-1)
-        if reverse:
-            log_p, log_q = log_q, log_p
-        # xlogy-style: positions where p == 0 contribute exactly 0 even if log q is -inf.
-        kl = torch.where(log_p.exp() > 0, log_p.exp() * (log_p - log_q), torch.zeros_like(log_p))
-        total += kl.sum().item()
+        if measure == "total-variation":
+            distance = 0.5 * (log_p.exp() - log_q.exp()).abs()
+        else:
+            if measure == "reverse-kl":
+                log_p, log_q = log_q, log_p
+            # xlogy-style: positions where p == 0 contribute exactly 0 even if log q is -inf.
+            distance = torch.where(log_p.exp() > 0, log_p.exp() * (log_p - log_q), torch.zeros_like(log_p))
+        total += distance.sum().item()
         count += int(mask.sum())
     return total / max(count, 1)
