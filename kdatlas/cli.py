@@ -283,23 +283,21 @@ def run(
 ) -> None:
     """Distil a student with a method and compare it with the baseline student and the teacher."""
     from kdatlas.runner import RunError, run_method
+    from reference_impls.common.harness import RunConfig
 
+    config = RunConfig(
+        device=device.value,
+        steps=steps,
+        sft_steps=sft_steps,
+        seed=seed,
+        teacher=teacher,
+        student=student,
+        data=data,
+        trust_remote_code=trust_remote_code,
+        progress=progress,
+    )
     try:
-        run_method(
-            method_id,
-            device=device.value,
-            steps=steps,
-            sft_steps=sft_steps,
-            seed=seed,
-            teacher=teacher,
-            student=student,
-            data=data,
-            out=out,
-            overrides=_parse_overrides(set_ or []),
-            trust_remote_code=trust_remote_code,
-            progress=progress,
-            console=console,
-        )
+        run_method(method_id, config, out=out, overrides=_parse_overrides(set_ or []), console=console)
     except RunError as error:
         raise _fail(str(error)) from None
 

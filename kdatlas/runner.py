@@ -131,8 +131,10 @@ def plot_curves(curves: dict[str, list[float]], path: Path, title: str) -> None:
     import matplotlib.pyplot as plt
 
     figure, axis = plt.subplots(figsize=(6, 3.5), dpi=100)
+    # The two curves are different losses (cross-entropy vs the method's objective): say so.
+    labels = {"baseline": "baseline (cross-entropy)", "distilled": "distilled (method objective)"}
     for name, values in curves.items():
-        axis.plot(range(1, len(values) + 1), values, label=name, linewidth=1.2)
+        axis.plot(range(1, len(values) + 1), values, label=labels.get(name, name), linewidth=1.2)
     axis.set_xlabel("step")
     axis.set_ylabel("training loss")
     axis.set_title(title)
@@ -156,41 +158,24 @@ def write_run_dir(out: Path, result: Any) -> None:
 
 def run_method(
     method_id: str,
+    config: Any = None,
     *,
-    device: str = "auto",
-    steps: int | None = None,
-    sft_steps: int | None = None,
-    seed: int = 0,
-    teacher: str | None = None,
-    student: str | None = None,
-    data: str | None = None,
     out: Path | None = None,
     overrides: dict[str, str] | None = None,
-    trust_remote_code: bool = False,
-    progress: bool = True,
     console: Console | None = None,
     **harness_options: Any,
 ) -> Any:
     """Run ``method_id`` end to end and write its run directory; returns the harness's RunResult.
 
-    ``harness_options`` go to `reference_impls.common.harness.run_recipe` unchanged (tests
-    pass a few-step ``teacher_recipe``).
+    ``config`` is a `reference_impls.common.harness.RunConfig` (default: the embedded setting);
+    ``harness_options`` go to `reference_impls.common.harness.run_recipe` unchanged (tests pass a
+    few-step ``teacher_recipe``).
     """
     from reference_impls.common.harness import RunConfig, run_recipe
 
     console = console or Console()
     recipe = build_recipe(method_id, overrides or {})
-    config = RunConfig(
-        device=device,
-        steps=steps,
-        sft_steps=sft_steps,
-        seed=seed,
-        teacher=teacher,
-        student=student,
-        data=data,
-        trust_remote_code=trust_remote_code,
-        progress=progress,
-    )
+    config = config or RunConfig()
     try:
         result = run_recipe(recipe, config, **harness_options)
     except (FileNotFoundError, OSError, ValueError) as error:

@@ -73,19 +73,11 @@ def test_bad_hyperparameters_fail_before_any_training(
         build_recipe(method_id, override)
 
 
-def test_run_method_writes_the_run_directory(tmp_path: Path) -> None:
+def test_run_method_writes_the_run_directory(tmp_path: Path, tiny_run: dict[str, Any]) -> None:
     out = tmp_path / "run"
     console = Console(record=True, width=120)
-    run_method(
-        "forward-kl",
-        device="cpu",
-        steps=2,
-        sft_steps=2,
-        out=out,
-        progress=False,
-        console=console,
-        teacher_recipe=QUICK_RECIPE,
-    )
+    config = RunConfig(device="cpu", **tiny_run)
+    run_method("forward-kl", config, out=out, console=console, teacher_recipe=QUICK_RECIPE)
     metrics = json.loads((out / "metrics.json").read_text())
     assert set(metrics) == {"teacher", "baseline", "distilled"}
     assert set(metrics["distilled"]) == set(METRIC_NAMES)
