@@ -180,6 +180,13 @@ def _fingerprint(name: str) -> str:
     return hashlib.sha256(json.dumps(stats).encode()).hexdigest()[:16]
 
 
+def _code_digest() -> str:
+    """Hash of this package's source: cached baselines and teacher metrics from older training or
+    evaluation code are never reused."""
+    sources = sorted(Path(__file__).parent.glob("*.py"))
+    return hashlib.sha256(b"".join(path.read_bytes() for path in sources)).hexdigest()[:16]
+
+
 def _digest(payload: Mapping[str, Any]) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -348,6 +355,7 @@ def run_recipe(
     common_key = {
         "suite": SUITE_VERSION,
         "metrics": METRIC_NAMES,  # a new metric must not be read from an older cache entry
+        "code": _code_digest(),
         "teacher": teacher_id,
         "data": data_id,
         "eval_size": len(test),
