@@ -318,6 +318,26 @@ def schema(
     errors.print("schema up to date" if check else "schema written")
 
 
+@app.command()
+def export(
+    output: Annotated[
+        Path, typer.Option("-o", "--output", help="Folder to write the release files into.")
+    ] = Path("export"),
+    root: RootOption = None,
+) -> None:
+    """Write the merged taxonomy (JSON and YAML) and the whole bibliography, for other tools."""
+    from kdatlas.export import write_export
+    from kdatlas.validate import validate_repository
+
+    report = validate_repository(_root(root))
+    try:
+        paths = write_export(report, output)
+    except ValueError as error:
+        raise _fail(str(error), code=1) from None
+    for path in paths:
+        errors.print(f"wrote {path}")
+
+
 def _mkdocs(root: Path, *args: str) -> int:
     env = {**os.environ, "NO_MKDOCS_2_WARNING": "1", "DISABLE_MKDOCS_2_WARNING": "true"}
     command = [sys.executable, "-m", "mkdocs", *args, "--config-file", str(root / "mkdocs.yml")]

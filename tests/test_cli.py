@@ -114,3 +114,31 @@ def test_run_rejects_unknown_method_and_bad_override() -> None:
     assert bad_value.exit_code == 2 and "expected a float" in bad_value.stderr
     bad_form = runner.invoke(app, ["run", "forward-kl", "--set", "temperature"])
     assert bad_form.exit_code == 2 and "KEY=VALUE" in bad_form.stderr
+
+
+def test_export_writes_json_yaml_and_bib_that_round_trip(tmp_path: Path) -> None:
+    import yaml
+
+    from kdatlas.model import Entry
+
+    result = runner.invoke(app, ["export", "-o", str(tmp_path), "--root", str(REPO)])
+    assert result.exit_code == 0, result.stderr
+    document = json.loads((tmp_path / "kdatlas-taxonomy.json").read_text())
+    taxonomy, _ = load_taxonomy(REPO)
+    assert {e["id"] for e in document["entries"]} == set(taxonomy.entries)
+    assert [Entry.model_validate(e) for e in document["entries"]] == taxonomy.ordered_entries()
+    assert yaml.safe_load((tmp_path / "kdatlas-taxonomy.yaml").read_text()) == document
+    library = bibtexparser.parse_file(str(tmp_path / "kd.bib"))
+    assert not library.failed_blocks and len(library.entries) == len(load_bibliography(REPO)[0].entries)
+
+
+def test_export_refuses_invalid_data(tmp_path: Path) -> None:
+    import shutil
+
+    shutil.copytree(REPO / "taxonomy", tmp_path / "repo" / "taxonomy")
+    shutil.copytree(REPO / "bib", tmp_path / "repo" / "bib")
+    entry = tmp_path / "repo" / "taxonomy" / "white-box" / "logits" / "forward-kl.yaml"
+    entry.write_text(entry.read_text().replace("year: 2016", "year: soon"))
+    result = runner.invoke(app, ["export", "-o", str(tmp_path / "out"), "--root", str(tmp_path / "repo")])
+    assert result.exit_code == 1 and "kdatlas validate" in result.stderr
+    assert not (tmp_path / "out").exists()
