@@ -175,6 +175,10 @@ def run_method(
 
     console = console or Console()
     recipe = build_recipe(method_id, overrides or {})
+    # Our own progress bars tell the story; transformers' per-load bars would interleave with them.
+    import transformers
+
+    transformers.logging.disable_progress_bar()
     config = config or RunConfig()
     try:
         result = run_recipe(recipe, config, **harness_options)
