@@ -19,11 +19,11 @@ from rich.console import Console
 from rich.table import Table
 
 METRIC_LABELS = {
-    "exact_match": ("exact match ↑", "higher is better"),
-    "token_kl_to_teacher": ("token KL(teacher‖student) ↓", "lower is closer to the teacher"),
-    "token_reverse_kl_to_teacher": ("token KL(student‖teacher) ↓", "lower stays inside the teacher's modes"),
-    "token_tvd_to_teacher": ("token TVD to teacher ↓", "lower is closer, both errors alike"),
-    "rouge_l": ("ROUGE-L ↑", "higher is better"),
+    "exact_match": "exact match ↑",
+    "token_kl_to_teacher": "token KL(teacher‖student) ↓",
+    "token_reverse_kl_to_teacher": "token KL(student‖teacher) ↓",
+    "token_tvd_to_teacher": "token TVD to teacher ↓",
+    "rouge_l": "ROUGE-L ↑",
 }
 
 
@@ -92,7 +92,7 @@ def comparison_table(method_id: str, metrics: dict[str, dict[str, float]]) -> Ta
     for column in ("teacher", "baseline student", "distilled student"):
         table.add_column(column, justify="right")
     for name in metrics["distilled"]:
-        label = METRIC_LABELS.get(name, (name, ""))[0]
+        label = METRIC_LABELS.get(name, name)
         row = [metrics[role].get(name) for role in ("teacher", "baseline", "distilled")]
         table.add_row(label, *("—" if value is None else f"{value:.4f}" for value in row))
     return table

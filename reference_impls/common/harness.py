@@ -37,7 +37,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, P
 
 from .data_sources import DataSource, SourceContext
 from .generation import generate_responses
-from .metrics import exact_match, mean_rouge_l, token_divergence_to_teacher
+from .metrics import exact_match, mean_rouge_l, token_distances_to_teacher
 from .models import build_decoder, build_student_config, count_parameters
 from .tasks import SUITE_VERSION, Example, load_jsonl, make_split
 from .teacher import TeacherRecipe, cache_root, load_or_train_teacher, teacher_key
@@ -224,14 +224,17 @@ def evaluate(
     predictions = generate_responses(
         model, tokenizer, [e.prompt for e in examples], max_new_tokens=max_new_tokens
     )
-    distances = {
-        name: 0.0
-        if model is teacher
-        else token_divergence_to_teacher(
-            model, teacher, tokenizer, examples, vocab_size=vocab_size, measure=measure
+    distances = dict.fromkeys(DISTANCE_METRICS, 0.0)
+    if model is not teacher:
+        measured = token_distances_to_teacher(
+            model,
+            teacher,
+            tokenizer,
+            examples,
+            vocab_size=vocab_size,
+            measures=tuple(DISTANCE_METRICS.values()),
         )
-        for name, measure in DISTANCE_METRICS.items()
-    }
+        distances = {name: measured[measure] for name, measure in DISTANCE_METRICS.items()}
     return {
         "exact_match": exact_match(predictions, examples),
         **distances,

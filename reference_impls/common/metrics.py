@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+from torch import Tensor
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from .tasks import Example
@@ -75,8 +76,18 @@ def mean_rouge_l(predictions: Sequence[str], examples: Sequence[Example], *, uni
 MEASURES = ("forward-kl", "reverse-kl", "total-variation")
 
 
+def _per_token(measure: str, log_p: Tensor, log_q: Tensor) -> Tensor:
+    """Per-vocabulary-entry terms of one distance between teacher ``log_p`` and student ``log_q``."""
+    if measure == "total-variation":
+        return 0.5 * (log_p.exp() - log_q.exp()).abs()
+    if measure == "reverse-kl":
+        log_p, log_q = log_q, log_p
+    # xlogy-style: positions where p == 0 contribute exactly 0 even if log q is -inf.
+    return torch.where(log_p.exp() > 0, log_p.exp() * (log_p - log_q), torch.zeros_like(log_p))
+
+
 @torch.no_grad()
-def token_divergence_to_teacher(
+def token_distances_to_teacher(
     student: PreTrainedModel,
     teacher: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
@@ -84,19 +95,20 @@ def token_divergence_to_teacher(
     *,
     batch_size: int = 256,
     vocab_size: int | None = None,
-    measure: str = "forward-kl",
-) -> float:
-    r"""Mean over reference-response tokens of a teacher–student distance, by default $\mathrm{KL}(p_{teacher} \,\|\, q_{student})$.
+    measures: Sequence[str] = MEASURES,
+) -> dict[str, float]:
+    r"""Mean over reference-response tokens of teacher–student distances, all from one pass.
 
-    ``measure`` picks the per-token distance: ``"forward-kl"`` (the default, above),
-    ``"reverse-kl"`` ($\mathrm{KL}(q \,\|\, p)$) or ``"total-variation"``
-    ($\tfrac12\sum_v |p - q|$). Forward KL rewards a student that covers all of the teacher's
-    mass, reverse KL one that stays inside the teacher's modes, TVD treats both errors alike;
-    each objective family should be judged by the distance it optimises as well.
+    ``measures`` picks the per-token distances: ``"forward-kl"``
+    ($\mathrm{KL}(p_{teacher} \,\|\, q_{student})$), ``"reverse-kl"`` ($\mathrm{KL}(q \,\|\, p)$)
+    and ``"total-variation"`` ($\tfrac12\sum_v |p - q|$). Forward KL rewards a student that
+    covers all of the teacher's mass, reverse KL one that stays inside the teacher's modes, TVD
+    treats both errors alike; each objective family should be judged by the distance it
+    optimises as well.
 
-    Both models are teacher-forced on the same ``[bos] prompt response [eos]`` sequences; the
-    distance is taken at every position that predicts a response token (EOS included) and averaged
-    over all such positions of all examples:
+    Both models are teacher-forced once on the same ``[bos] prompt response [eos]`` sequences;
+    each distance is taken at every position that predicts a response token (EOS included) and
+    averaged over all such positions of all examples, e.g. for forward KL
     $\frac{1}{N}\sum_t \sum_v p_t(v) (\log p_t(v) - \log q_t(v))$, in float32.
 
     Args:
@@ -106,12 +118,16 @@ def token_divergence_to_teacher(
         examples: Sequences to score (their reference ``response``).
         batch_size: Sequences per forward pass.
         vocab_size: Cut logits to the first ``vocab_size`` entries (differently padded heads).
-        measure: ``"forward-kl"``, ``"reverse-kl"`` or ``"total-variation"``.
+        measures: Any of ``MEASURES``.
+
+    Returns:
+        ``{measure: mean distance}``.
     """
-    if measure not in MEASURES:
-        raise ValueError(f"unknown measure {measure!r}; use one of {', '.join(MEASURES)}")
+    unknown = [m for m in measures if m not in MEASURES]
+    if unknown:
+        raise ValueError(f"unknown measure {unknown[0]!r}; use one of {', '.join(MEASURES)}")
     device = next(student.parameters()).device
-    total, count = 0.0, 0
+    totals, count = dict.fromkeys(measures, 0.0), 0
     pad = pad_id(tokenizer)
     for start in range(0, len(examples), batch_size):
         rows = [encode_pair(tokenizer, e.prompt, e.response) for e in examples[start : start + batch_size]]
@@ -127,13 +143,29 @@ def token_divergence_to_teacher(
         mask = labels != -100
         log_p = torch.log_softmax(teacher_logits[mask].float(), dim=-1)
         log_q = torch.log_softmax(student_logits[mask].float(), dim=-1)
-        if measure == "total-variation":
-            distance = 0.5 * (log_p.exp() - log_q.exp()).abs()
-        else:
-            if measure == "reverse-kl":
-                log_p, log_q = log_q, log_p
-            # xlogy-style: positions where p == 0 contribute exactly 0 even if log q is -inf.
-            distance = torch.where(log_p.exp() > 0, log_p.exp() * (log_p - log_q), torch.zeros_like(log_p))
-        total += distance.sum().item()
+        for measure in measures:
+            totals[measure] += _per_token(measure, log_p, log_q).sum().item()
         count += int(mask.sum())
-    return total / max(count, 1)
+    return {measure: total / max(count, 1) for measure, total in totals.items()}
+
+
+def token_divergence_to_teacher(
+    student: PreTrainedModel,
+    teacher: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    examples: Sequence[Example],
+    *,
+    batch_size: int = 256,
+    vocab_size: int | None = None,
+    measure: str = "forward-kl",
+) -> float:
+    """One distance of `token_distances_to_teacher` (default: forward KL)."""
+    return token_distances_to_teacher(
+        student,
+        teacher,
+        tokenizer,
+        examples,
+        batch_size=batch_size,
+        vocab_size=vocab_size,
+        measures=(measure,),
+    )[measure]
