@@ -4,6 +4,11 @@ bibtexparser 2 is fault tolerant: a malformed block does not raise, it comes bac
 ``library.failed_blocks``. Here every failed block, every duplicate key (within or across files)
 and every entry without title/author/year or without a way to find the paper (DOI, arXiv eprint
 or URL) is a `kdatlas.problems.Problem`.
+
+Identifiers are checked too (`identifier_problems`): a reference needs a DOI or an arXiv id, or an
+explicit ``noidentifier = {why}`` field for works that have neither (blog posts, repositories).
+An arXiv link without ``eprint``, a malformed arXiv id or DOI, and a placeholder left by
+``kdatlas new`` are reported.
 """
 
 from __future__ import annotations
@@ -21,6 +26,12 @@ from kdatlas.problems import Problem
 BIB_DIR = "bib"
 REQUIRED_FIELDS = ("title", "author", "year")
 LOCATOR_FIELDS = ("doi", "eprint", "url")
+NO_IDENTIFIER_FIELD = "noidentifier"
+PLACEHOLDER = "FILL IN"
+"""Marker that `kdatlas new` puts in every field the contributor must fill; validation rejects it."""
+ARXIV_ID = re.compile(r"(\d{4}\.\d{4,5}|[a-z-]+(\.[A-Z]{2})?/\d{7})(v\d+)?")
+ARXIV_URL = re.compile(r"arxiv\.org/(abs|pdf)/([^\s/?#]+?)(\.pdf)?/?$")
+DOI = re.compile(r"10\.\d{4,9}/\S+")
 
 
 @dataclass
@@ -162,6 +173,7 @@ def load_bibliography(root: Path) -> tuple[Bibliography, list[Problem]]:
                         "add the DOI, or the arXiv id as 'eprint' with archivePrefix = {arXiv}, or a url",
                     )
                 )
+            problems += [Problem(path, line, message, fix) for message, fix in identifier_problems(entry)]
             year = str(entry.fields_dict.get("year", _EMPTY).value).strip()
             if year and not re.fullmatch(r"\d{4}", year):
                 problems.append(
@@ -170,6 +182,56 @@ def load_bibliography(root: Path) -> tuple[Bibliography, list[Problem]]:
             bibliography.entries[entry.key] = entry
             bibliography.sources[entry.key] = (path, line)
     return bibliography, problems
+
+
+def _field(entry: Entry, name: str) -> str:
+    return str(entry.fields_dict.get(name, _EMPTY).value).strip()
+
+
+def identifier_problems(entry: Entry) -> list[tuple[str, str]]:
+    """What is wrong with an entry's persistent identifiers, as ``(problem, fix)`` pairs."""
+    found: list[tuple[str, str]] = []
+    key = entry.key
+    placeholders = sorted(name for name, item in entry.fields_dict.items() if PLACEHOLDER in str(item.value))
+    if placeholders:
+        found.append(
+            (
+                f"entry '{key}' still has placeholders in: {', '.join(placeholders)}",
+                "replace every 'FILL IN' with the paper's real metadata (arXiv abstract page or publisher)",
+            )
+        )
+    eprint, doi, url = _field(entry, "eprint"), _field(entry, "doi"), _field(entry, "url")
+    if eprint and not ARXIV_ID.fullmatch(eprint):
+        found.append(
+            (
+                f"entry '{key}' has eprint '{eprint}', which is not an arXiv id",
+                "use the bare id, e.g. 2306.08543",
+            )
+        )
+    if doi and not DOI.fullmatch(doi):
+        found.append(
+            (
+                f"entry '{key}' has doi '{doi}', which is not a DOI",
+                "use the bare DOI starting with '10.', without https://doi.org/",
+            )
+        )
+    arxiv_link = ARXIV_URL.search(url)
+    if arxiv_link and not eprint:
+        found.append(
+            (
+                f"entry '{key}' links to arXiv but has no eprint",
+                f"add eprint = {{{arxiv_link.group(2)}}} and archivePrefix = {{arXiv}}",
+            )
+        )
+    if not eprint and not doi and not _field(entry, NO_IDENTIFIER_FIELD):
+        found.append(
+            (
+                f"entry '{key}' has neither an arXiv id nor a DOI",
+                "add eprint = {<arXiv id>} (with archivePrefix = {arXiv}) and/or doi = {10....}; if the "
+                f"work has neither (blog post, repository), say so in {NO_IDENTIFIER_FIELD} = {{why}}",
+            )
+        )
+    return found
 
 
 class _Empty:

@@ -338,6 +338,96 @@ def export(
         errors.print(f"wrote {path}")
 
 
+@app.command()
+def stats(
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    root: RootOption = None,
+) -> None:
+    """Counts per branch, status, year, venue and survey placement (the statistics page's numbers)."""
+    from kdatlas.stats import compute_stats
+
+    numbers = compute_stats(_load(_root(root)).taxonomy)
+    if as_json:
+        typer.echo(json.dumps(numbers.to_json(), indent=2, ensure_ascii=False))
+        return
+    table = Table(title=f"{numbers.total} entries")
+    for column in ("branch", "entries", "implemented", "planned", "n/a", "in survey", "beyond"):
+        table.add_column(column, justify="left" if column == "branch" else "right", no_wrap=True)
+    for branch in numbers.branches:
+        table.add_row(
+            "  " * branch.depth + branch.branch,
+            *(
+                str(v)
+                for v in (
+                    branch.entries,
+                    branch.implemented,
+                    branch.planned,
+                    branch.not_applicable,
+                    branch.in_survey,
+                    branch.beyond_survey,
+                )
+            ),
+        )
+    console.print(table)
+    console.print("per year: " + ", ".join(f"{y}: {c}" for y, c in numbers.by_year.items()))
+
+
+class NewKind(str, Enum):
+    method = "method"
+    objective = "objective"
+    evaluation = "evaluation"
+    application = "application"
+    direction = "direction"
+
+
+@app.command()
+def new(
+    kind: Annotated[NewKind, typer.Argument(help="What the entry describes.")],
+    entry_id: Annotated[
+        str, typer.Argument(metavar="ID", help="Kebab-case id, e.g. my-method (the file name).")
+    ],
+    branch: Annotated[str, typer.Option(help="Branch path, e.g. white-box/logits (see 'kdatlas list').")],
+    title: Annotated[str, typer.Option(help="Display name, e.g. 'MyKD (my method)'.")],
+    arxiv: Annotated[str | None, typer.Option(help="arXiv id of the paper, e.g. 2306.08543.")] = None,
+    year: Annotated[int | None, typer.Option(help="Publication year (default: this year).")] = None,
+    implementation: Annotated[
+        bool,
+        typer.Option(help="Also scaffold reference_impls/<id>.py and its test (methods and objectives)."),
+    ] = True,
+    root: RootOption = None,
+) -> None:
+    """Scaffold a new entry (YAML, BibTeX stub, implementation and test), then list what to fill in."""
+    from kdatlas.model import Kind
+    from kdatlas.scaffold import ScaffoldError, new_entry
+    from kdatlas.validate import validate_repository
+
+    repository = _root(root)
+    try:
+        made = new_entry(repository, Kind(kind.value), entry_id, branch, title, arxiv, year, implementation)
+    except ScaffoldError as error:
+        raise _fail(str(error)) from None
+    for path in made.written:
+        verb = "appended a BibTeX stub to" if path == made.bib_file else "wrote"
+        errors.print(f"{verb} {path.relative_to(repository)}")
+    report = validate_repository(repository)
+    todo = [p for p in report.problems if p.path.resolve() in {w.resolve() for w in made.written}]
+    others = len(report.problems) - len(todo)
+    errors.print(f"\n[bold]Fill in {len(todo)} placeholder(s)[/] (kdatlas validate lists the ones left):")
+    for problem in todo:
+        errors.print("  " + problem.format(repository), soft_wrap=True, highlight=False)
+    if others:
+        errors.print(f"[yellow]{others} other problem(s) in the repository: run 'kdatlas validate'.[/]")
+    steps = [
+        f"edit {made.entry_file.relative_to(repository)} and the '{made.bib_key}' entry at the end of "
+        f"{made.bib_file.relative_to(repository)} (real metadata; log the check in bib/VERIFICATION.md)",
+    ]
+    if made.implementation is not None:
+        steps.append(f"implement the loss in {made.implementation.relative_to(repository)}")
+        steps.append(f"complete and run: pytest {made.test.relative_to(repository)}")
+    steps += ["kdatlas validate   # until it says 'no problems'", "kdatlas docs serve # see the new page"]
+    errors.print("\n[bold]Next:[/]\n" + "\n".join(f"  {i}. {step}" for i, step in enumerate(steps, 1)))
+
+
 def _mkdocs(root: Path, *args: str) -> int:
     env = {**os.environ, "NO_MKDOCS_2_WARNING": "1", "DISABLE_MKDOCS_2_WARNING": "true"}
     command = [sys.executable, "-m", "mkdocs", *args, "--config-file", str(root / "mkdocs.yml")]

@@ -18,6 +18,8 @@ from typing import Any
 import yaml
 
 import kdatlas
+from kdatlas.bib import Bibliography
+from kdatlas.taxonomy import Taxonomy
 from kdatlas.validate import Report
 
 EXPORT_FORMAT = 1
@@ -26,9 +28,8 @@ YAML_NAME = "kdatlas-taxonomy.yaml"
 BIB_NAME = "kd.bib"
 
 
-def merged_taxonomy(report: Report) -> dict[str, Any]:
+def merged_taxonomy(taxonomy: Taxonomy) -> dict[str, Any]:
     """The whole taxonomy as one JSON-serialisable document."""
-    taxonomy = report.taxonomy
     return {
         "format": EXPORT_FORMAT,
         "version": kdatlas.__version__,
@@ -45,11 +46,18 @@ def write_export(report: Report, out_dir: Path) -> list[Path]:
             f"the taxonomy has {len(report.problems)} problem(s) — run 'kdatlas validate' and fix them first"
         )
     out_dir.mkdir(parents=True, exist_ok=True)
-    document = merged_taxonomy(report)
-    paths = [out_dir / JSON_NAME, out_dir / YAML_NAME, out_dir / BIB_NAME]
-    paths[0].write_text(json.dumps(document, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    paths[1].write_text(
-        yaml.safe_dump(document, sort_keys=False, allow_unicode=True, width=100), encoding="utf-8"
-    )
-    paths[2].write_text(report.bibliography.bibtex(sorted(report.bibliography.entries)), encoding="utf-8")
+    paths = []
+    for name, text in release_files(report.taxonomy, report.bibliography).items():
+        paths.append(out_dir / name)
+        paths[-1].write_text(text, encoding="utf-8")
     return paths
+
+
+def release_files(taxonomy: Taxonomy, bibliography: Bibliography) -> dict[str, str]:
+    """The release as ``{file name: text}`` (also published on the site by `kdatlas.pages`)."""
+    document = merged_taxonomy(taxonomy)
+    return {
+        JSON_NAME: json.dumps(document, indent=2, ensure_ascii=False) + "\n",
+        YAML_NAME: yaml.safe_dump(document, sort_keys=False, allow_unicode=True, width=100),
+        BIB_NAME: bibliography.bibtex(sorted(bibliography.entries)),
+    }

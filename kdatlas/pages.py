@@ -29,24 +29,31 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from kdatlas.bib import Bibliography, strip_braces
+from kdatlas.catalogue import render_catalogue_page, render_statistics_page
+from kdatlas.citation import CITATION_FILE, CitationError, citation_bibtex, citation_text, load_citation
+from kdatlas.export import BIB_NAME, release_files
 from kdatlas.mdmath import MathError, latex_to_mathml
 from kdatlas.mindmap import render_mindmap
 from kdatlas.model import Branch, Entry, Placement, RelationType, Status, TeacherAccess
 from kdatlas.problems import Problem
+from kdatlas.stats import compute_stats
 from kdatlas.taxonomy import Taxonomy
 from kdatlas.validate import validate_repository
 
 REPO_URL = "https://github.com/kdatlas/kdatlas"
 REPO_BRANCH = "main"
 HOME_TEMPLATE = Path("docs") / "_templates" / "home.md"
-BIB_DOWNLOAD = "kd.bib"
+BIB_DOWNLOAD = BIB_NAME
 BIBLIOGRAPHY_PAGE = "bibliography.md"
 TAXONOMY_PAGE = "taxonomy/index.md"
 TAGS_PAGE = "tags.md"
+STATISTICS_PAGE = "statistics.md"
+CATALOGUE_PAGE = "catalogue.md"
 CPU_RUNTIME = "about a minute on 2 CPU cores"
 MINDMAP_MARKER = "<!-- kdatlas:mindmap -->"
 STATS_MARKER = "<!-- kdatlas:stats -->"
 SURVEY_CITE_MARKER = "<!-- kdatlas:cite-survey -->"
+KB_CITE_MARKER = "<!-- kdatlas:cite-kb -->"
 SURVEY_KEY = "yang2024kdsurvey"
 
 Writer = Callable[[str, str], None]
@@ -653,7 +660,7 @@ def render_tags_page(site: Site) -> str:
     )
 
 
-def render_home(template: str, site: Site) -> str:
+def render_home(template: str, site: Site, citation: dict[str, object]) -> str:
     """The home page: the hand-written template with the generated parts filled in."""
     svg = render_mindmap(
         site.taxonomy,
@@ -667,6 +674,16 @@ def render_home(template: str, site: Site) -> str:
         template.replace(MINDMAP_MARKER, svg)
         .replace(STATS_MARKER, render_stats(site, "index.md"))
         .replace(SURVEY_CITE_MARKER, survey)
+        .replace(KB_CITE_MARKER, render_kb_citation(citation))
+    )
+
+
+def render_kb_citation(citation: dict[str, object]) -> str:
+    """'Cite this knowledge base' from CITATION.cff: the message, a text reference and BibTeX."""
+    return (
+        f"{one_line(str(citation['message']))}\n\n{citation_text(citation)}\n\n"
+        f"```bibtex\n{citation_bibtex(citation).strip()}\n```\n\n"
+        "GitHub's *Cite this repository* button and Zenodo read the same `CITATION.cff`."
     )
 
 
@@ -755,10 +772,20 @@ def generate_pages(
             set_edit_path(path, edit)
 
     template_path = root / HOME_TEMPLATE
+    try:
+        citation = load_citation(root)
+    except CitationError as error:
+        problems.append(Problem(root / CITATION_FILE, 1, str(error).split(": ", 1)[-1], "fix CITATION.cff"))
+        citation = {
+            "message": "CITATION.cff is missing or invalid.",
+            "title": "kdatlas",
+            "authors": [],
+            "version": "?",
+        }
     if template_path.is_file():
         emit(
             "index.md",
-            render_home(template_path.read_text(encoding="utf-8"), site),
+            render_home(template_path.read_text(encoding="utf-8"), site, citation),
             HOME_TEMPLATE.relative_to("docs").as_posix(),
         )
     else:
@@ -774,8 +801,28 @@ def generate_pages(
     emit(TAXONOMY_PAGE, render_taxonomy_index(site))
     emit(BIBLIOGRAPHY_PAGE, render_bibliography(site), "../bib/kd.bib")
     emit(TAGS_PAGE, render_tags_page(site), "../taxonomy/vocabulary.yaml")
-    if site.bibliography.entries:
-        emit(BIB_DOWNLOAD, site.bibliography.bibtex())
+    emit(
+        STATISTICS_PAGE,
+        render_statistics_page(
+            compute_stats(taxonomy),
+            branch_href=lambda branch_id: relative_link(STATISTICS_PAGE, branch_page(branch_id)),
+            catalogue_link=relative_link(STATISTICS_PAGE, CATALOGUE_PAGE),
+        ),
+    )
+    emit(
+        CATALOGUE_PAGE,
+        render_catalogue_page(
+            taxonomy,
+            # raw HTML links are not rewritten by MkDocs: give the final directory-style URL
+            entry_href=lambda entry_id: "../" + page_url(entry_page(entry_id)),
+            branch_name=lambda branch_id: " / ".join(b.name for b in site.branch_trail(branch_id)),
+        ),
+    )
+    # The machine-readable release (`kdatlas export`), downloadable from the site; kd.bib is
+    # the same file the bibliography page links to.
+    for name, text in release_files(taxonomy, site.bibliography).items():
+        if name != BIB_DOWNLOAD or site.bibliography.entries:
+            emit(name, text)
     return Generated(written, problems)
 
 

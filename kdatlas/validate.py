@@ -10,7 +10,7 @@ import importlib
 from dataclasses import dataclass
 from pathlib import Path
 
-from kdatlas.bib import Bibliography, load_bibliography
+from kdatlas.bib import PLACEHOLDER, Bibliography, load_bibliography
 from kdatlas.model import Status
 from kdatlas.problems import Problem
 from kdatlas.taxonomy import BRANCH_FILE, Taxonomy, load_taxonomy
@@ -206,6 +206,49 @@ def _check_implementations(taxonomy: Taxonomy) -> list[Problem]:
     return problems
 
 
+def _placeholder_paths(value: object, path: tuple[str | int, ...] = ()) -> list[tuple[str | int, ...]]:
+    """Paths of the string values that still hold a `kdatlas new` placeholder."""
+    if isinstance(value, str):
+        return [path] if PLACEHOLDER in value else []
+    if isinstance(value, dict):
+        return [p for key, item in value.items() for p in _placeholder_paths(item, (*path, key))]
+    if isinstance(value, list | tuple):
+        return [p for index, item in enumerate(value) for p in _placeholder_paths(item, (*path, index))]
+    return []
+
+
+def _check_placeholders(taxonomy: Taxonomy) -> list[Problem]:
+    """Every 'FILL IN' left by `kdatlas new`, in entries and in their implementation modules."""
+    problems = []
+    for entry in taxonomy.entries.values():
+        for path in _placeholder_paths(entry.model_dump(mode="json", exclude_none=True)):
+            field = ".".join(str(part) for part in path)
+            problems.append(
+                Problem(
+                    taxonomy.files[entry.id],
+                    taxonomy.line(entry.id, *path),
+                    f"'{field}' still has the placeholder '{PLACEHOLDER}'",
+                    "write the real content (see docs/extend.md), or delete the field if it does not apply",
+                )
+            )
+        if entry.implementation is None:
+            continue
+        source = taxonomy.root / (entry.implementation.module.replace(".", "/") + ".py")
+        if not source.is_file():
+            continue  # the import check reports a missing module
+        for number, text in enumerate(source.read_text(encoding="utf-8").splitlines(), start=1):
+            if PLACEHOLDER in text:
+                problems.append(
+                    Problem(
+                        source,
+                        number,
+                        f"implementation of '{entry.id}' still has the placeholder '{PLACEHOLDER}'",
+                        "implement it (the paper's equations) and replace the text, then run its tests",
+                    )
+                )
+    return problems
+
+
 def validate_repository(root: Path, check_implementations: bool = True) -> Report:
     """Load and check the taxonomy and bibliography under ``root``; collects every problem."""
     root = root.resolve()
@@ -214,6 +257,7 @@ def validate_repository(root: Path, check_implementations: bool = True) -> Repor
     problems += bib_problems
     problems += _check_tree(taxonomy)
     problems += _check_references(taxonomy, bibliography)
+    problems += _check_placeholders(taxonomy)
     if check_implementations:
         problems += _check_implementations(taxonomy)
     return Report(taxonomy, bibliography, sorted(set(problems)))

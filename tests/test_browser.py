@@ -146,3 +146,34 @@ def test_method_page_renders_math_and_bibtex(watched: Watched, site_url: str) ->
     assert page.locator(".tabbed-set").first.is_visible()  # the Run it tabs
     edit = page.locator("a.md-content__button[href*='taxonomy/white-box/logits/forward-kl.yaml']")
     assert edit.count() == 1
+
+
+def test_catalogue_filters_rows_and_keeps_them_in_the_address(watched: Watched, site_url: str) -> None:
+    page = watched.open(site_url + "catalogue/")
+    rows = page.locator(".kd-catalogue tbody tr")
+    total = rows.count()
+    assert total > 50
+    page.select_option("select[data-filter='status']", "implemented")
+    visible = page.locator(".kd-catalogue tbody tr:not([hidden])")
+    implemented = visible.count()
+    assert 0 < implemented < total
+    assert all(row.get_attribute("data-status") == "implemented" for row in visible.all())
+    assert page.locator(".kd-count").inner_text() == f"{implemented} of {total} entries"
+    assert "status=implemented" in page.url
+    page.select_option("select[data-filter='tag']", "mode-seeking")
+    assert 0 < visible.count() < implemented
+    # A shared link restores the filters.
+    page.goto(site_url + "catalogue/?branch=black-box&status=planned", wait_until="networkidle")
+    shown = page.locator(".kd-catalogue tbody tr:not([hidden])")
+    assert shown.count() > 0
+    assert all(row.get_attribute("data-branch").startswith("black-box/") for row in shown.all())
+    shown.first.locator("a").click()
+    page.wait_for_url("**/entries/**")
+
+
+def test_statistics_page_draws_the_timeline(watched: Watched, site_url: str) -> None:
+    page = watched.open(site_url + "statistics/")
+    svg = page.locator("svg.kd-timeline")
+    box = svg.bounding_box()
+    assert box is not None and box["width"] > 200 and box["height"] > 100
+    assert svg.locator("rect").count() >= 5

@@ -165,6 +165,27 @@ BROKEN_BIB = """
             "duplicate BibTeX key 'hinton2015distilling'",
         ),
         (
+            "@misc{noid2020,\n  title = {T},\n  author = {Doe, Jane},\n  year = {2020},\n  url = {https://example.org}\n}\n",
+            "entry 'noid2020' has neither an arXiv id nor a DOI",
+        ),
+        (
+            "@misc{arxivlink,\n  title = {T},\n  author = {Doe, Jane},\n  year = {2020},\n  doi = {10.1/x},\n"
+            "  url = {https://arxiv.org/abs/2306.08543}\n}\n",
+            "links to arXiv but has no eprint",
+        ),
+        (
+            "@misc{badeprint,\n  title = {T},\n  author = {Doe, Jane},\n  year = {2020},\n  eprint = {arXiv:2306},\n}\n",
+            "is not an arXiv id",
+        ),
+        (
+            "@misc{baddoi,\n  title = {T},\n  author = {Doe, Jane},\n  year = {2020},\n  doi = {https://doi.org/10.1/x},\n}\n",
+            "which is not a DOI",
+        ),
+        (
+            "@misc{stub,\n  title = {T},\n  author = {FILL IN Last, First},\n  year = {2020},\n  eprint = {2306.08543},\n}\n",
+            "still has placeholders in: author",
+        ),
+        (
             "@misc{badyear,\n  title = {T},\n  author = {Doe, Jane},\n  year = {20x5},\n  url = {https://x.org}\n}\n",
             "four-digit year",
         ),
@@ -175,6 +196,29 @@ def test_bibliography_problems(repo: Path, bib_text: str, fragment: str) -> None
     found = [m for m in messages(repo) if "zz-broken.bib" in m]
     assert any(fragment in m for m in found), found
     assert all(MESSAGE.match(m) for m in found)
+
+
+def test_a_reference_without_identifiers_may_say_why(repo: Path) -> None:
+    (repo / "bib/zz-blog.bib").write_text(
+        "@misc{blog2023,\n  title = {T},\n  author = {Doe, Jane},\n  year = {2023},\n"
+        "  url = {https://example.org/blog},\n  noidentifier = {blog post}\n}\n",
+        encoding="utf-8",
+    )
+    assert not [m for m in messages(repo) if "zz-blog.bib" in m]
+
+
+def test_placeholders_in_an_entry_are_reported_with_their_lines(repo: Path) -> None:
+    path = repo / "taxonomy/white-box/logits/forward-kl.yaml"
+    text = path.read_text(encoding="utf-8")
+    path.write_text(text.replace("venue: ", "venue: FILL IN ", 1), encoding="utf-8")
+    line = next(
+        i for i, row in enumerate(path.read_text(encoding="utf-8").splitlines(), 1) if "FILL IN" in row
+    )
+    found = [m for m in messages(repo) if "placeholder" in m]
+    assert found == [
+        f"taxonomy/white-box/logits/forward-kl.yaml:{line}: 'venue' still has the placeholder 'FILL IN' — "
+        "write the real content (see docs/extend.md), or delete the field if it does not apply"
+    ]
 
 
 def test_implementation_problems(repo: Path) -> None:
