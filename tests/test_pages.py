@@ -17,6 +17,7 @@ import markdown
 import pytest
 
 from kdatlas.bib import Bibliography
+from kdatlas.citation import load_citation
 from kdatlas.mdmath import MathError, latex_to_mathml
 from kdatlas.mindmap import render_mindmap
 from kdatlas.model import Branch, Entry, Vocabulary
@@ -238,8 +239,14 @@ def test_api_parameters_are_read_without_importing(site: Site) -> None:
 
 
 def test_home_template_markers_are_filled(site: Site) -> None:
-    home = render_home("# Home\n\n<!-- kdatlas:mindmap -->\n\n<!-- kdatlas:stats -->\n", site)
+    citation = load_citation(REPO)
+    home = render_home(
+        "# Home\n\n<!-- kdatlas:mindmap -->\n\n<!-- kdatlas:stats -->\n\n<!-- kdatlas:cite-kb -->\n",
+        site,
+        citation,
+    )
     assert "<!-- kdatlas:" not in home
+    assert "@software{kdatlas_0_1_0," in home
     assert 'href="entries/forward-kl/"' in home and 'href="taxonomy/white-box/logits/"' in home
     assert "| **All** | **2** | **1** | **1** |" in home
 
