@@ -9,7 +9,7 @@ TORCH_SPEC ?= torch==2.13.0
 export NO_MKDOCS_2_WARNING := 1
 export DISABLE_MKDOCS_2_WARNING := true
 
-.PHONY: setup test lint serve docs validate bench clean
+.PHONY: setup test lint serve docs validate bench bench-fused clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -41,6 +41,9 @@ serve: setup
 
 bench: setup
 	$(PY) benchmarks/run_times.py
+
+bench-fused: setup  # fused vs naive distillation loss, CPU (~5 min); on a GPU: benchmarks/fused_loss_gpu.sh
+	PYTHONPATH=. $(PY) benchmarks/fused_loss.py
 
 clean:
 	rm -rf site runs .pytest_cache .ruff_cache

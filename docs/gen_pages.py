@@ -30,3 +30,8 @@ generated = generate_pages(
 for problem in generated.problems:
     log.warning(problem.format(root))
 log.info(f"kdatlas: generated {len(generated.pages)} files from taxonomy/ and bib/")
+
+# Benchmark plots, published next to the pages that include their tables (docs/fused-losses.md).
+for plot in sorted((root / "benchmarks" / "results").glob("*/*.png")):
+    with mkdocs_gen_files.open(f"assets/benchmarks/{plot.parent.name}/{plot.name}", "wb") as handle:
+        handle.write(plot.read_bytes())

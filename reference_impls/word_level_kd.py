@@ -6,6 +6,10 @@ response position,
 
 $$\mathcal{L}(\theta) = \frac{1}{|\mathcal{T}|}\sum_{t\in\mathcal{T}} D\big(p(\cdot\mid y_{<t},x),\ q_\theta(\cdot\mid y_{<t},x)\big).$$
 
+At large vocabularies the same objective is computed by `reference_impls.fused_losses` from the
+final hidden states and LM heads, without materialising the logits (the training loop picks that
+path from `FUSED_MIN_LOGITS` logits entries on; the two paths are tested to agree).
+
 Each divergence of `reference_impls.losses` is its own taxonomy entry and is registered here
 under that entry's id, with the hyper-parameter defaults the entry cites. Only the divergence
 changes between them; the sequences are always the dataset's responses (the "fixed" data source).
@@ -18,29 +22,61 @@ KL), ``wu2025akl`` (adaptive KL).
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from functools import partial
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 
 from torch import Tensor
 
 from reference_impls import losses
 from reference_impls.common.data_sources import DatasetResponses
 from reference_impls.common.harness import Recipe
+from reference_impls.common.training import HeadInputs
+from reference_impls.fused_losses import fused_linear_divergence
 from reference_impls.registry import register
+
+
+@dataclass(frozen=True)
+class WordLevelObjective:
+    """A divergence with its hyper-parameters bound, on logits or (fused) on hidden states.
+
+    Attributes:
+        method_id: Taxonomy id, for error messages.
+        divergence: The loss function of `reference_impls.losses` (its name picks the fused form).
+        hyperparameters: Keyword arguments of the divergence (`temperature`, `beta`, ...).
+    """
+
+    method_id: str
+    divergence: Callable[..., Tensor]
+    hyperparameters: Mapping[str, float]
+
+    def __call__(self, student_logits: Tensor, teacher_logits: Tensor | None, labels: Tensor) -> Tensor:
+        """The readable reference: `[B, T, V]` logits of both models into the divergence."""
+        if teacher_logits is None:
+            raise ValueError(f"{self.method_id} needs the teacher's logits (white-box access)")
+        return self.divergence(student_logits, teacher_logits, labels, **self.hyperparameters)
+
+    def from_hidden(self, student: HeadInputs, teacher: HeadInputs | None, labels: Tensor) -> Tensor:
+        """The same loss from `[B, T, H]` hidden states and LM heads, chunk by chunk."""
+        if teacher is None:
+            raise ValueError(f"{self.method_id} needs the teacher's hidden states (white-box access)")
+        return fused_linear_divergence(
+            student.hidden,
+            student.weight,
+            teacher.hidden,
+            teacher.weight,
+            labels,
+            self.divergence.__name__,
+            student_bias=student.bias,
+            teacher_bias=teacher.bias,
+            **self.hyperparameters,
+        )
 
 
 def _word_level_recipe(method_id: str, divergence: Callable[..., Tensor], **hyperparameters: float) -> Recipe:
     """Pair a divergence (with its hyper-parameters bound) with the dataset's responses."""
-    bound = partial(divergence, **hyperparameters)
-
-    def objective(student_logits: Tensor, teacher_logits: Tensor | None, labels: Tensor) -> Tensor:
-        if teacher_logits is None:
-            raise ValueError(f"{method_id} needs the teacher's logits (white-box access)")
-        return bound(student_logits, teacher_logits, labels)
-
     return Recipe(
         method_id=method_id,
-        objective=objective,
+        objective=WordLevelObjective(method_id, divergence, dict(hyperparameters)),
         data_source=DatasetResponses(),
         hyperparameters=dict(hyperparameters),
     )

@@ -8,13 +8,23 @@ position ``t`` predicts token ``t+1``, and hands the objective aligned tensors
 * ``teacher_logits``: ``[batch, seq, vocab]`` or ``None``,
 * ``labels``: ``[batch, seq]`` with -100 on prompt and padding positions.
 
+At large vocabularies the ``[batch, seq, vocab]`` logits are what runs out of memory. An
+objective that also offers a ``from_hidden`` method (see ``FusedObjective``; the word-level
+methods do) is then given the final hidden states and LM-head weights instead, and computes the
+same loss chunk by chunk (``reference_impls.fused_losses``) without ever holding the logits. This
+is the default once ``batch × seq × vocab`` reaches ``FUSED_MIN_LOGITS``; the embedded tiny models
+(vocabulary 100) stay far below it and use the readable logits path.
+
 It uses HF Accelerate, so ``accelerate launch`` (DDP, FSDP, DeepSpeed) scales it unchanged.
 """
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 from accelerate import Accelerator
@@ -28,6 +38,80 @@ from .tokenizer import encode_pair, pad_id
 
 Objective = Callable[[Tensor, Tensor | None, Tensor], Tensor]
 """``(student_logits [B,T,V], teacher_logits [B,T,V] | None, labels [B,T]) -> scalar loss``."""
+
+FUSED_MIN_LOGITS = 2**25
+"""Logits entries per step (``batch × seq × vocab``, about 33.5M: 128 MiB per float32 logits
+tensor, e.g. 256 tokens at a 128k vocabulary) from which a fused objective is used by default.
+Below it the logits are small and the readable path costs nothing; above it the full logits,
+their softmaxes and gradients (several such tensors) start to dominate memory."""
+
+
+@dataclass(frozen=True)
+class HeadInputs:
+    """What a model's logits are made of: ``logits = hidden @ weight.T + bias``.
+
+    Attributes:
+        hidden: ``[batch, seq, hidden]`` final hidden states (after the final norm), aligned
+            with the labels like the logits would be.
+        weight: ``[vocab, hidden]`` LM-head weight (cut to the shared vocabulary if asked).
+        bias: ``[vocab]`` or ``None``.
+    """
+
+    hidden: Tensor
+    weight: Tensor
+    bias: Tensor | None = None
+
+
+@runtime_checkable
+class FusedObjective(Protocol):
+    """An objective that can also compute its loss from hidden states and LM heads."""
+
+    def __call__(self, student_logits: Tensor, teacher_logits: Tensor | None, labels: Tensor) -> Tensor: ...
+
+    def from_hidden(self, student: HeadInputs, teacher: HeadInputs | None, labels: Tensor) -> Tensor: ...
+
+
+def use_fused_path(objective: Objective, num_tokens: int, vocab_size: int, fused: bool | None) -> bool:
+    """Whether a step takes the fused path: asked for (``fused=True``), or by default
+    (``fused=None``) when the objective supports it and ``num_tokens × vocab_size`` reaches
+    ``FUSED_MIN_LOGITS``.
+
+    Raises:
+        ValueError: ``fused=True`` with an objective that has no ``from_hidden``.
+    """
+    supported = isinstance(objective, FusedObjective)
+    if fused and not supported:
+        raise ValueError("fused=True needs an objective with a from_hidden method (e.g. a word-level method)")
+    if fused is None:
+        return supported and num_tokens * vocab_size >= FUSED_MIN_LOGITS
+    return fused
+
+
+def _plain_linear_head(model: PreTrainedModel) -> bool:
+    """Logits are exactly ``head(last hidden state)``: no soft-capping or scaling after the head."""
+    config = model.config
+    return (
+        getattr(config, "final_logit_softcapping", None) is None
+        and getattr(config, "logit_scale", 1.0) in (None, 1.0)
+        and getattr(config, "logits_scaling", 1.0) in (None, 1.0)
+    )
+
+
+def head_inputs(
+    model: torch.nn.Module, unwrapped: PreTrainedModel, batch: dict[str, Tensor], vocab_size: int | None
+) -> HeadInputs:
+    """Final hidden states and LM head of a forward pass, skipping the full logits.
+
+    ``model`` may be the distributed wrapper of ``unwrapped`` (its forward keeps gradient sync).
+    """
+    kwargs: dict[str, Any] = {"output_hidden_states": True}
+    if "logits_to_keep" in inspect.signature(unwrapped.forward).parameters:
+        kwargs["logits_to_keep"] = 1  # the head on the last position only: no [B, T, V] tensor
+    outputs = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], **kwargs)
+    head = unwrapped.get_output_embeddings()
+    keep = slice(None) if vocab_size is None else slice(0, vocab_size)
+    bias = getattr(head, "bias", None)
+    return HeadInputs(outputs.hidden_states[-1], head.weight[keep], None if bias is None else bias[keep])
 
 
 def collate(rows: Sequence[tuple[list[int], list[int]]], pad: int) -> dict[str, Tensor]:
@@ -103,6 +187,7 @@ def train_student(
     weight_decay: float = 0.0,
     max_grad_norm: float = 1.0,
     vocab_size: int | None = None,
+    fused: bool | None = None,
     progress: bool = True,
     description: str = "Training the student",
 ) -> list[float]:
@@ -124,6 +209,9 @@ def train_student(
         max_grad_norm: Gradient clipping threshold.
         vocab_size: If given, logits are cut to their first ``vocab_size`` entries, for a teacher
             and student that share a tokenizer but pad their embedding matrices differently.
+        fused: Compute the loss from hidden states and LM heads without the full logits (needs
+            an objective with ``from_hidden`` and plain linear heads); ``None`` decides per step
+            with ``use_fused_path`` (fused from ``FUSED_MIN_LOGITS`` logits entries on).
         progress: Show a progress bar (main process only).
         description: Progress bar label.
 
@@ -143,6 +231,12 @@ def train_student(
     if teacher is not None:
         # Never wrapped for distributed training: it has no gradients to synchronise.
         teacher.to(device).eval().requires_grad_(False)
+    unwrapped = student if accelerator is None else accelerator.unwrap_model(model)
+    heads_are_linear = _plain_linear_head(unwrapped) and (teacher is None or _plain_linear_head(teacher))
+    if fused and not heads_are_linear:
+        raise ValueError("fused=True needs plain linear LM heads (no logit soft-capping or scaling)")
+    use_fused_path(objective, 0, 0, fused)  # fails early if fused=True cannot be honoured
+    output_size = unwrapped.get_output_embeddings().weight.shape[0]
 
     losses: list[float] = []
     columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
@@ -158,20 +252,11 @@ def train_student(
                 data = iter(loader)
                 batch = next(data)
             batch = {key: value.to(device) for key, value in batch.items()}
-            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-            teacher_logits = None
-            if teacher is not None:
-                with torch.no_grad():
-                    teacher_logits = teacher(
-                        input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
-                    ).logits
-            if vocab_size is not None:
-                logits = logits[..., :vocab_size]
-                teacher_logits = None if teacher_logits is None else teacher_logits[..., :vocab_size]
-            student_logits, labels = next_token_view(logits, batch["labels"])
-            if teacher_logits is not None:
-                teacher_logits = next_token_view(teacher_logits, batch["labels"])[0]
-            loss = objective(student_logits, teacher_logits, labels)
+            num_tokens = batch["input_ids"].numel()
+            if heads_are_linear and use_fused_path(objective, num_tokens, vocab_size or output_size, fused):
+                loss = _fused_loss(model, unwrapped, teacher, batch, objective, vocab_size)
+            else:
+                loss = _logits_loss(model, teacher, batch, objective, vocab_size)
             backward(loss)
             clip(model.parameters(), max_grad_norm)
             optimizer.step()
@@ -181,6 +266,51 @@ def train_student(
             bar.update(task, advance=1, loss=losses[-1])
     model.eval()
     return losses
+
+
+def _logits_loss(
+    model: torch.nn.Module,
+    teacher: PreTrainedModel | None,
+    batch: dict[str, Tensor],
+    objective: Objective,
+    vocab_size: int | None,
+) -> Tensor:
+    """The readable path: full logits of both models, shifted once, into the objective."""
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    teacher_logits = None
+    if teacher is not None:
+        with torch.no_grad():
+            teacher_logits = teacher(
+                input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
+            ).logits
+    if vocab_size is not None:
+        logits = logits[..., :vocab_size]
+        teacher_logits = None if teacher_logits is None else teacher_logits[..., :vocab_size]
+    student_logits, labels = next_token_view(logits, batch["labels"])
+    if teacher_logits is not None:
+        teacher_logits = next_token_view(teacher_logits, batch["labels"])[0]
+    return objective(student_logits, teacher_logits, labels)
+
+
+def _fused_loss(
+    model: torch.nn.Module,
+    unwrapped: PreTrainedModel,
+    teacher: PreTrainedModel | None,
+    batch: dict[str, Tensor],
+    objective: FusedObjective,
+    vocab_size: int | None,
+) -> Tensor:
+    """The memory-lean path: hidden states and LM heads, shifted once, into ``from_hidden``."""
+    student = head_inputs(model, unwrapped, batch, vocab_size)
+    hidden, labels = next_token_view(student.hidden, batch["labels"])
+    student = HeadInputs(hidden, student.weight, student.bias)
+    teacher_head = None
+    if teacher is not None:
+        with torch.no_grad():
+            teacher_head = head_inputs(teacher, teacher, batch, vocab_size)
+        shifted = next_token_view(teacher_head.hidden, batch["labels"])[0]
+        teacher_head = HeadInputs(shifted, teacher_head.weight, teacher_head.bias)
+    return objective.from_hidden(student, teacher_head, labels)
 
 
 def cross_entropy_objective(student_logits: Tensor, teacher_logits: Tensor | None, labels: Tensor) -> Tensor:
