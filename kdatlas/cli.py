@@ -276,6 +276,13 @@ def run(
         list[str] | None,
         typer.Option("--set", help="Override a hyper-parameter, e.g. --set temperature=2.0 (repeatable)."),
     ] = None,
+    source: Annotated[
+        str | None,
+        typer.Option(
+            help="Replace the method's data source: dataset, teacher, student[:T], mixed:λ[:T] or adaptive "
+            "(token-level objectives only; see the 'Data sources' page)."
+        ),
+    ] = None,
     trust_remote_code: Annotated[
         bool, typer.Option(help="Allow custom model code from the hub (off by default).")
     ] = False,
@@ -297,7 +304,9 @@ def run(
         progress=progress,
     )
     try:
-        run_method(method_id, config, out=out, overrides=_parse_overrides(set_ or []), console=console)
+        run_method(
+            method_id, config, out=out, overrides=_parse_overrides(set_ or []), source=source, console=console
+        )
     except RunError as error:
         raise _fail(str(error)) from None
 

@@ -71,6 +71,23 @@ def build_recipe(method_id: str, overrides: dict[str, str]) -> Any:
     return recipe
 
 
+def with_source(recipe: Any, spec: str) -> Any:
+    """``recipe`` with its data source replaced by the one ``spec`` names (see `parse_source`)."""
+    from dataclasses import replace
+
+    from reference_impls.common.data_sources import parse_source
+
+    if recipe.step_loss is not None:
+        raise RunError(
+            f"'{recipe.method_id}' defines its own sampling and training step; --source applies to "
+            "token-level objectives (e.g. forward-kl, reverse-kl, generalized-jsd, skew-forward-kl)"
+        )
+    try:
+        return replace(recipe, data_source=parse_source(spec))
+    except ValueError as error:
+        raise RunError(str(error)) from None
+
+
 def _probe(recipe: Any) -> None:
     """Call the objective once on a tiny batch, so out-of-range hyper-parameters fail now, not
     after minutes of teacher training."""
@@ -162,6 +179,7 @@ def run_method(
     *,
     out: Path | None = None,
     overrides: dict[str, str] | None = None,
+    source: str | None = None,
     console: Console | None = None,
     **harness_options: Any,
 ) -> Any:
@@ -169,12 +187,15 @@ def run_method(
 
     ``config`` is a `reference_impls.common.harness.RunConfig` (default: the embedded setting);
     ``harness_options`` go to `reference_impls.common.harness.run_recipe` unchanged (tests pass a
-    few-step ``teacher_recipe``).
+    few-step ``teacher_recipe``). ``source`` replaces the recipe's data source (the second axis),
+    e.g. ``"mixed:0.5"``: any token-level objective runs on any source.
     """
     from reference_impls.common.harness import RunConfig, run_recipe
 
     console = console or Console()
     recipe = build_recipe(method_id, overrides or {})
+    if source is not None:
+        recipe = with_source(recipe, source)
     # Our own progress bars tell the story; transformers' per-load bars would interleave with them.
     import transformers
 

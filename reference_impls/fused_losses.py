@@ -37,6 +37,7 @@ kept (finite) entries, with $M$ the relevant mixture:
 | skew FKL, $M = \alpha P + (1-\alpha) Q$ | $-P_v\, (1-\alpha) Q_v / M_v$ |
 | skew RKL, $M = (1-\alpha) P + \alpha Q$ | $Q_v(\log Q_v - \log M_v + 1 - \alpha Q_v / M_v)$ |
 | AKL, weight $w$ held constant | $-w P_v + (1-w)\, Q_v(\log Q_v - \log P_v + 1)$ |
+| ToDi, $w_v = \sigma(\log P_v - \log Q_v)$ held constant | $-w_v P_v + (1-w_v)\, Q_v(\log Q_v - \log P_v + 1)$ |
 
 (For generalized JSD the $\partial \log M$ terms cancel because $\beta P + (1-\beta) Q = M$.)
 The hard-label term $-\log \mathrm{softmax}(z_s)_y$ (at $T = 1$) has gradient
@@ -46,7 +47,7 @@ normaliser): $\nabla h_s = G W_s$, $\nabla W_s \mathrel{+}= G^\top h_s$, $\nabla
 \mathrel{+}= \sum_\text{rows} G$.
 
 Papers: `agarwal2024gkd` (generalized JSD), `gu2024minillm`, `ko2024distillm`, `wen2023fdistill`,
-`wu2025akl`; the fused-linear technique follows Liger-Kernel (Hsu et al., 2024).
+`wu2025akl`, `jung2025todi`; the fused-linear technique follows Liger-Kernel (Hsu et al., 2024).
 """
 
 from __future__ import annotations
@@ -171,6 +172,16 @@ def _adaptive_kl_grad(log_p: Tensor, log_q: Tensor, keep: Tensor, mu: float = 0.
     return _masked_rows(keep, terms), torch.where(keep, grad, 0.0)
 
 
+def _todi_grad(log_p: Tensor, log_q: Tensor, keep: Tensor) -> tuple[Tensor, Tensor]:
+    # The same per-entry weights as losses.todi, constants for the gradient there too.
+    log_ratio = log_p - log_q
+    w_forward, w_reverse = torch.sigmoid(log_ratio), torch.sigmoid(-log_ratio)
+    p, q = log_p.exp(), log_q.exp()
+    terms = w_forward * p * log_ratio - w_reverse * q * log_ratio
+    grad = -w_forward * p + w_reverse * q * (1 - log_ratio)
+    return _masked_rows(keep, terms), torch.where(keep, grad, 0.0)
+
+
 FUSED_DIVERGENCES: Mapping[str, DivergenceGrad] = MappingProxyType(
     {
         "forward-kl": _forward_kl_grad,
@@ -180,6 +191,7 @@ FUSED_DIVERGENCES: Mapping[str, DivergenceGrad] = MappingProxyType(
         "skew-forward-kl": _skew_forward_kl_grad,
         "skew-reverse-kl": _skew_reverse_kl_grad,
         "adaptive-kl": _adaptive_kl_grad,
+        "todi": _todi_grad,
     }
 )
 """The divergences of `reference_impls.losses.DIVERGENCES`, by the same names."""

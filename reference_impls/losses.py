@@ -384,6 +384,64 @@ def adaptive_kl(
     return _reduce(terms, keep, labels, temperature, scale_by_t2, reduction, num_items_in_batch)
 
 
+def todi(
+    student_logits: Tensor,
+    teacher_logits: Tensor,
+    labels: Tensor | None = None,
+    *,
+    temperature: float = 1.0,
+    scale_by_t2: bool = False,
+    reduction: Reduction = "mean",
+    num_items_in_batch: int | Tensor | None = None,
+) -> Tensor:
+    r"""ToDi (token-wise distillation): forward and reverse KL mixed per vocabulary entry.
+
+    With $r_v = \log P_v - \log Q_v$ and the weight $w_v = \sigma(r_v)$ taken as a constant
+    (stop-gradient), per position
+
+    $$\mathrm{ToDi}(P, Q) = \sum_v \Big[ w_v\, P_v \log\frac{P_v}{Q_v}
+      + (1 - w_v)\, Q_v \log\frac{Q_v}{P_v} \Big].$$
+
+    An entry the student underestimates ($P_v > Q_v$, $w_v > \tfrac12$) is driven mostly by the
+    forward-KL term, one it overestimates mostly by the reverse-KL term. As in the authors' code,
+    $1 - w_v$ is computed as $\sigma(-r_v)$, which keeps its precision where $w_v \to 1$.
+
+    The *value* is the Jeffreys divergence $\mathrm{KL}(P\|Q) + \mathrm{KL}(Q\|P) =
+    \sum_v (P_v - Q_v)(\log P_v - \log Q_v)$, because $\sigma(\log P_v/Q_v) = P_v / (P_v + Q_v)$; it
+    is symmetric in $P$ and $Q$ and every vocabulary term is $\ge 0$. Only the *gradient* differs
+    from Jeffreys', because the weights are constants for it:
+    $\partial\,\mathrm{ToDi} / \partial \log Q_v = -w_v P_v + (1 - w_v)\, Q_v (\log Q_v - \log P_v + 1)$.
+
+    Verified against `compute_ToDi` in the authors' `code/criterions/various_divergence.py`
+    (jungseongryong/ToDi @37e9bec): both logits divided by the KD temperature, float32
+    log-softmax, detached sigmoid weights, ±inf entries masked, sum over the vocabulary.
+    Paper: `jung2025todi`.
+
+    Args:
+        student_logits: `[..., V]` student logits (gradients flow here).
+        teacher_logits: `[..., V]` teacher logits (detached inside).
+        labels: `[...]` labels ALREADY aligned with the logits; `-100` is ignored.
+        temperature: $T > 0$; both logits are divided by it (the authors' scripts use 2.0).
+        scale_by_t2: multiply by $T^2$ (opt-in; the authors do not).
+        reduction: `"mean"`, `"sum"` or `"none"`, as in `forward_kl`.
+        num_items_in_batch: if given, the sum is divided by it instead of by the valid-token count.
+
+    Returns:
+        A scalar, or `[...]` values for `reduction="none"`; float32 (float64 for float64 inputs).
+
+    Raises:
+        VocabularyMismatchError: the last dimensions differ.
+        ValueError: mismatched shapes, $T \le 0$, unknown `reduction`.
+    """
+    log_p, log_q, keep = _prepare(student_logits, teacher_logits, labels, temperature)
+    log_ratio = log_p - log_q
+    # Constants for the gradient: with them differentiated, the objective would be plain Jeffreys.
+    w_forward = torch.sigmoid(log_ratio).detach()
+    w_reverse = torch.sigmoid(-log_ratio).detach()
+    terms = w_forward * log_p.exp() * log_ratio - w_reverse * log_q.exp() * log_ratio
+    return _reduce(terms, keep, labels, temperature, scale_by_t2, reduction, num_items_in_batch)
+
+
 # --- hard labels and the classic Hinton objective ---------------------------------------------------
 
 
@@ -447,11 +505,12 @@ DIVERGENCES: Mapping[str, Callable[..., Tensor]] = MappingProxyType(
         "skew-forward-kl": skew_forward_kl,
         "skew-reverse-kl": skew_reverse_kl,
         "adaptive-kl": adaptive_kl,
+        "todi": todi,
     }
 )
 """Read-only map from divergence name to function. Every function takes `(student_logits,
 teacher_logits, labels=None, *, temperature, scale_by_t2, reduction, num_items_in_batch)` plus its own
-hyper-parameter (`form`, `beta`, `alpha` or `mu`)."""
+hyper-parameter (`form`, `beta`, `alpha` or `mu`; `todi` has none)."""
 
 
 def get_divergence(name: str) -> Callable[..., Tensor]:

@@ -17,7 +17,7 @@ Methods that change the sequences (SeqKD, GKD, MiniLLM, DistiLLM) live in their 
 
 Papers: ``hinton2015distilling``, ``kim2016sequence`` (word-level KD), ``gu2024minillm`` (reverse
 KL), ``agarwal2024gkd`` (generalized JSD), ``wen2023fdistill`` (TVD), ``ko2024distillm`` (skew
-KL), ``wu2025akl`` (adaptive KL).
+KL), ``wu2025akl`` (adaptive KL), ``jung2025todi`` (ToDi).
 """
 
 from __future__ import annotations
@@ -122,3 +122,10 @@ def skew_reverse_kl_recipe(alpha: float = 0.1, temperature: float = 1.0) -> Reci
 def adaptive_kl_recipe(mu: float = 0.5, temperature: float = 1.0) -> Recipe:
     """Adaptive KL with head mass μ = 0.5, the authors' released default (``wu2025akl``)."""
     return _word_level_recipe("adaptive-kl", losses.adaptive_kl, mu=mu, temperature=temperature)
+
+
+@register("todi")
+def todi_recipe(temperature: float = 2.0) -> Recipe:
+    """ToDi at T = 2.0, the KD_TEMP of the authors' scripts (jungseongryong/ToDi,
+    scripts/gpt2/vanilla_kd_gpt2_base.sh, shared by every KD_OBJ) (``jung2025todi``)."""
+    return _word_level_recipe("todi", losses.todi, temperature=temperature)

@@ -114,6 +114,7 @@ HYPERPARAMETERS: list[tuple[str, dict[str, Any]]] = [
     ("skew-reverse-kl", {"alpha": 1.0}),
     ("adaptive-kl", {"mu": 0.5}),
     ("adaptive-kl", {"mu": 0.05}),
+    ("todi", {}),
 ]
 
 

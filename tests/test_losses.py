@@ -89,6 +89,9 @@ def direct_divergence(
         return _kl(q, (1 - alpha) * p + alpha * q)
     if loss == "adaptive_kl":
         return _direct_akl(p, q, mu)
+    if loss == "todi":
+        w = torch.sigmoid(torch.log(p / q))
+        return (w * p * torch.log(p / q) + (1 - w) * q * torch.log(q / p)).sum(-1)
     raise ValueError(loss)
 
 
@@ -143,7 +146,8 @@ def call(loss: str, student: Tensor, teacher: Tensor, labels: Tensor | None, **k
 
 def test_golden_file_covers_every_loss() -> None:
     assert GOLDEN_PATH.exists(), "run tests/fixtures/make_loss_golden.py"
-    assert {case["loss"] for case in GOLDEN["cases"]} == set(ALL_LOSSES)
+    # ToDi's golden values live in tests/test_todi.py.
+    assert {case["loss"] for case in GOLDEN["cases"]} == set(ALL_LOSSES) - {"todi"}
 
 
 @pytest.mark.parametrize("case", GOLDEN["cases"], ids=lambda c: f"{c['loss']}-{c['kwargs']}")
@@ -176,6 +180,7 @@ SETTINGS = [
     ("skew_reverse_kl", {"alpha": 0.3}),
     ("adaptive_kl", {"mu": 0.5}),
     ("adaptive_kl", {"mu": 0.8}),
+    ("todi", {}),
 ]
 
 
@@ -341,7 +346,8 @@ def test_cross_entropy_form_adds_teacher_entropy_with_same_gradient() -> None:
 # --- gradients ----------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("loss", [loss for loss in ALL_LOSSES if loss != "adaptive_kl"])
+# AKL's and ToDi's weights are stop-gradient: see their own gradient tests (ToDi's in test_todi.py).
+@pytest.mark.parametrize("loss", [loss for loss in ALL_LOSSES if loss not in ("adaptive_kl", "todi")])
 def test_gradcheck_wrt_student_logits(loss: str) -> None:
     student, teacher, labels = make_inputs(shape=(2, 2, 5), seed=11, dtype=torch.float64)
     student.requires_grad_(True)
@@ -541,6 +547,7 @@ def test_divergence_registry() -> None:
         "skew-forward-kl",
         "skew-reverse-kl",
         "adaptive-kl",
+        "todi",
     ]
     assert isinstance(DIVERGENCES, MappingProxyType)
     with pytest.raises(TypeError):

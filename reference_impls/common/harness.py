@@ -35,13 +35,15 @@ from accelerate import Accelerator
 from torch import Tensor
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from .data_sources import DataSource, SourceContext
+from .data_sources import DataSource, OnlineSource, SourceContext
 from .generation import generate_responses
 from .metrics import exact_match, mean_rouge_l, token_distances_to_teacher
 from .models import build_decoder, build_student_config, count_parameters
+from .sampling import ModelSampler
 from .tasks import SUITE_VERSION, Example, load_jsonl, make_split
 from .teacher import TeacherRecipe, cache_root, load_or_train_teacher, teacher_key
-from .training import cross_entropy_objective, make_dataloader, train_student
+from .tokenizer import pad_id
+from .training import StepLoss, cross_entropy_objective, make_dataloader, train_student
 
 # The embedded budget: about 30 s of distillation on 2 CPU cores. A small training set (the
 # low-data regime) is where soft targets help most.
@@ -52,6 +54,7 @@ DEFAULT_STEPS = 800
 # would compare learning speed rather than what each objective transfers.
 DEFAULT_SFT_STEPS = 400
 DEFAULT_TRAIN_SIZE = 1000
+VALIDATION_SIZE = 64  # held-out examples for sources that adapt to a validation loss
 METRIC_NAMES = (
     "exact_match",
     "token_kl_to_teacher",
@@ -79,6 +82,9 @@ class Recipe:
         uses_teacher_logits: If False the teacher is not run during training and the objective
             receives ``None`` (e.g. sequence-level KD, which only needs teacher text).
         hyperparameters: Resolved hyper-parameter values, recorded in the run config.
+        step_loss: For methods whose step is more than an objective on one batch's logits
+            (MiniLLM): computes the step's loss from the models and the batch (see
+            `reference_impls.common.training.StepLoss`); ``objective`` is then documentation only.
     """
 
     method_id: str
@@ -86,6 +92,7 @@ class Recipe:
     data_source: DataSource
     uses_teacher_logits: bool = True
     hyperparameters: Mapping[str, float | int | str] = field(default_factory=dict)
+    step_loss: StepLoss | None = None
 
 
 @dataclass
@@ -310,6 +317,9 @@ def run_recipe(
     if config.data is None:
         train = make_split("train", config.train_size)
         test = make_split("test", config.eval_size)
+        # Held out for sources that adapt to a validation loss (DistiLLM): the next examples of
+        # the (prefix-stable) training stream, never trained on.
+        validation = make_split("train", config.train_size + VALIDATION_SIZE)[config.train_size :]
         data_id = f"suite:{SUITE_VERSION}:{config.train_size}"
     else:
         examples = load_jsonl(config.data)
@@ -317,6 +327,7 @@ def run_recipe(
             raise ValueError(f"{config.data}: need at least 2 examples (training + held-out evaluation)")
         held_out = max(1, min(config.eval_size, len(examples) // 5))
         train, test = examples[:-held_out], examples[-held_out:]
+        validation = train[-VALIDATION_SIZE:]  # a JSONL file has no spare examples: reuse a slice
         data_id = f"{config.data}@{_fingerprint(config.data)}"
 
     start = new_student()
@@ -324,8 +335,8 @@ def run_recipe(
     # Shared tokenizer, but heads may be padded differently (e.g. different sizes of one family).
     vocab_size = len(tokenizer) if _output_size(teacher) != _output_size(start) else None
 
-    def loader(responses: Sequence[str]) -> torch.utils.data.DataLoader:
-        prompts = [e.prompt for e in train]
+    def loader(responses: Sequence[str], examples: Sequence[Example] = train) -> torch.utils.data.DataLoader:
+        prompts = [e.prompt for e in examples]
         return make_dataloader(tokenizer, prompts, responses, batch_size=config.batch_size, seed=config.seed)
 
     def supervised(model: PreTrainedModel, n_steps: int, description: str) -> list[float]:
@@ -414,6 +425,20 @@ def run_recipe(
     responses = recipe.data_source.responses(train, context)
     seconds["data_source"] = time.perf_counter() - tick
     tick = time.perf_counter()
+    source = recipe.data_source if isinstance(recipe.data_source, OnlineSource) else None
+    sampler = None
+    if source is not None:
+        sampler = ModelSampler(
+            student=distilled,
+            teacher=teacher,
+            eos_id=tokenizer.eos_token_id,
+            pad_id=pad_id(tokenizer),
+            max_new_tokens=config.max_new_tokens,
+            temperature=source.temperature,
+            teacher_mix=getattr(source, "teacher_mix", 0.0),
+            seed=config.seed,
+            vocab_size=vocab_size,
+        )
     curves["distilled"] = train_student(
         distilled,
         loader(responses),
@@ -423,6 +448,10 @@ def run_recipe(
         teacher=teacher if recipe.uses_teacher_logits else None,
         learning_rate=config.learning_rate,
         vocab_size=vocab_size,
+        source=source,
+        sampler=sampler,
+        validation_batches=loader([e.response for e in validation], validation) if source else None,
+        step_loss=recipe.step_loss,
         progress=config.progress,
         description=f"Distilled student ({recipe.method_id})",
     )
@@ -436,7 +465,10 @@ def run_recipe(
     resolved = {
         "method_id": recipe.method_id,
         "hyperparameters": dict(recipe.hyperparameters),
-        "data_source": recipe.data_source.describe(),
+        "data_source": {
+            **recipe.data_source.describe(),
+            **({"origins": dict(getattr(source, "origins", {}))} if source is not None else {}),
+        },
         "uses_teacher_logits": recipe.uses_teacher_logits,
         "run": {**asdict(config), "steps": steps, "sft_steps": sft_steps},
         "suite_version": SUITE_VERSION,

@@ -34,10 +34,16 @@ from torch.utils.data import DataLoader
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from ..losses import hard_label_ce
+from .data_sources import OnlineSource, Sampler
 from .tokenizer import encode_pair, pad_id
 
 Objective = Callable[[Tensor, Tensor | None, Tensor], Tensor]
 """``(student_logits [B,T,V], teacher_logits [B,T,V] | None, labels [B,T]) -> scalar loss``."""
+
+StepLoss = Callable[[torch.nn.Module, "PreTrainedModel | None", dict[str, Tensor], "int | None"], Tensor]
+"""``(student, teacher, batch, vocab_size) -> scalar loss``: a method that needs more than aligned
+logits of one batch (MiniLLM: rollouts, stored log-probs and a language-modelling batch) computes
+its whole step loss itself; the loop still owns the optimizer, clipping, schedule and data."""
 
 FUSED_MIN_LOGITS = 2**25
 """Logits entries per step (``batch × seq × vocab``, about 33.5M: 128 MiB per float32 logits
@@ -188,6 +194,10 @@ def train_student(
     max_grad_norm: float = 1.0,
     vocab_size: int | None = None,
     fused: bool | None = None,
+    source: OnlineSource | None = None,
+    sampler: Sampler | None = None,
+    validation_batches: DataLoader | None = None,
+    step_loss: StepLoss | None = None,
     progress: bool = True,
     description: str = "Training the student",
 ) -> list[float]:
@@ -212,6 +222,15 @@ def train_student(
         fused: Compute the loss from hidden states and LM heads without the full logits (needs
             an objective with ``from_hidden`` and plain linear heads); ``None`` decides per step
             with ``use_fused_path`` (fused from ``FUSED_MIN_LOGITS`` logits entries on).
+        source: A dynamic data source (on-policy, mixtures, replay): at every step it turns the
+            loader's batch into the batch to train on, using ``sampler``.
+        sampler: Continues batch prompts with the current student or the teacher (needed with
+            ``source``).
+        validation_batches: Held-out batches; the student's cross-entropy on them is reported to
+            ``source.on_validation`` before training and every ``source.validation_interval``
+            steps (DistiLLM's adaptive schedule).
+        step_loss: Computes each step's loss from the models and the batch, replacing
+            ``objective`` (see `StepLoss`).
         progress: Show a progress bar (main process only).
         description: Progress bar label.
 
@@ -238,6 +257,15 @@ def train_student(
     use_fused_path(objective, 0, 0, fused)  # fails early if fused=True cannot be honoured
     output_size = unwrapped.get_output_embeddings().weight.shape[0]
 
+    if source is not None and sampler is None:
+        raise ValueError(f"the data source '{source.name}' samples sequences: pass a sampler")
+    interval = None if source is None else source.validation_interval(steps)
+    if interval is not None and validation_batches is None:
+        raise ValueError(f"the data source '{source.name}' needs validation_batches")
+
+    def validate() -> None:
+        source.on_validation(validation_loss(model, validation_batches, device, vocab_size))
+
     losses: list[float] = []
     columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
     columns.append(TextColumn("loss {task.fields[loss]:.3f}"))
@@ -245,6 +273,8 @@ def train_student(
     with Progress(*columns, disable=not show, transient=False) as bar:
         task = bar.add_task(description, total=steps, loss=float("nan"))
         data = iter(loader)
+        if interval is not None:
+            validate()  # the reference loss before training
         while len(losses) < steps:
             try:
                 batch = next(data)
@@ -252,8 +282,13 @@ def train_student(
                 data = iter(loader)
                 batch = next(data)
             batch = {key: value.to(device) for key, value in batch.items()}
-            num_tokens = batch["input_ids"].numel()
-            if heads_are_linear and use_fused_path(objective, num_tokens, vocab_size or output_size, fused):
+            if source is not None:
+                batch = source.next_batch(len(losses), steps, batch, sampler)
+            if step_loss is not None:
+                loss = step_loss(model, teacher, batch, vocab_size)
+            elif heads_are_linear and use_fused_path(
+                objective, batch["input_ids"].numel(), vocab_size or output_size, fused
+            ):
                 loss = _fused_loss(model, unwrapped, teacher, batch, objective, vocab_size)
             else:
                 loss = _logits_loss(model, teacher, batch, objective, vocab_size)
@@ -264,8 +299,30 @@ def train_student(
             optimizer.zero_grad(set_to_none=True)
             losses.append(loss.item())
             bar.update(task, advance=1, loss=losses[-1])
+            if interval is not None and len(losses) % interval == 0 and len(losses) < steps:
+                validate()
     model.eval()
     return losses
+
+
+@torch.no_grad()
+def validation_loss(
+    model: torch.nn.Module, batches: DataLoader, device: torch.device, vocab_size: int | None = None
+) -> float:
+    """The model's mean next-token cross-entropy over held-out batches (left in train mode)."""
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    for batch in batches:
+        batch = {key: value.to(device) for key, value in batch.items()}
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        if vocab_size is not None:
+            logits = logits[..., :vocab_size]
+        student_logits, labels = next_token_view(logits, batch["labels"])
+        total += float(hard_label_ce(student_logits, labels))
+        count += 1
+    model.train(was_training)
+    return total / max(count, 1)
 
 
 def _logits_loss(
