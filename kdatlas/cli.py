@@ -283,6 +283,14 @@ def run(
             "(token-level objectives only; see the 'Data sources' page)."
         ),
     ] = None,
+    teacher_topk: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="Train from the teacher's top-K log-probs, computed once and stored (safetensors), "
+            "without a teacher forward pass per step (forward-kl / reverse-kl).",
+        ),
+    ] = None,
     trust_remote_code: Annotated[
         bool, typer.Option(help="Allow custom model code from the hub (off by default).")
     ] = False,
@@ -301,6 +309,7 @@ def run(
         student=student,
         data=data,
         trust_remote_code=trust_remote_code,
+        teacher_topk=teacher_topk,
         progress=progress,
     )
     try:

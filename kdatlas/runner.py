@@ -137,7 +137,21 @@ def verdict(metrics: dict[str, dict[str, float]]) -> str:
         )
     if farther:
         return f"The distilled student is NOT closer to the teacher than the baseline here ({'; '.join(farther)})."
-    return ""
+    scores = [
+        (label, metrics["baseline"][name], metrics["distilled"][name])
+        for name, label in (("exact_match", "exact match"), ("rouge_l", "ROUGE-L"))
+        if name in metrics["baseline"] and name in metrics["distilled"]
+    ]
+    if not scores:
+        return ""
+    compared = "; ".join(f"{label} {distilled:.4f} vs {baseline:.4f}" for label, baseline, distilled in scores)
+    better = all(distilled > baseline for _, baseline, distilled in scores)
+    worse = all(distilled < baseline for _, baseline, distilled in scores)
+    outcome = "better than" if better else "worse than" if worse else "mixed against"
+    return (
+        "Distances to the teacher are undefined across vocabularies; on the task metrics the "
+        f"distilled student is {outcome} the baseline (distilled vs baseline: {compared})."
+    )
 
 
 def plot_curves(curves: dict[str, list[float]], path: Path, title: str) -> None:

@@ -7,6 +7,7 @@ real budget — is checked by the slow test at the end and measured in benchmark
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -46,8 +47,12 @@ def test_method_runs_end_to_end(method_id: str, tiny_run: dict[str, Any]) -> Non
     assert recipe.method_id == method_id
     result = run_recipe(recipe, RunConfig(device="cpu", **tiny_run), teacher_recipe=QUICK_RECIPE)
     assert set(result.metrics) == {"teacher", "baseline", "distilled"}
+    across_vocabularies = recipe.cross_tokenizer  # distances to the teacher are undefined there
     for role, metrics in result.metrics.items():
-        assert set(metrics) == set(METRIC_NAMES), role
+        expected = (
+            {"exact_match", "rouge_l"} if across_vocabularies and role != "teacher" else set(METRIC_NAMES)
+        )
+        assert set(metrics) == expected, role
     assert len(result.curves["distilled"]) == 2
     assert all(loss == loss for loss in result.curves["distilled"]), "NaN loss"
     assert result.config["hyperparameters"] == registered_methods()[method_id].defaults()
@@ -141,3 +146,125 @@ def test_verdict_reports_every_distance_honestly(
         return dict(zip(names, values, strict=True))
 
     assert expected in verdict({"baseline": row((1.0, 1.0, 1.0)), "distilled": row(distilled)})
+
+
+@pytest.mark.parametrize(
+    ("distilled", "expected"),
+    [((0.3, 0.6), "better than"), ((0.1, 0.4), "worse than"), ((0.3, 0.4), "mixed against")],
+)
+def test_verdict_across_vocabularies_uses_task_metrics(distilled: tuple[float, float], expected: str) -> None:
+    from kdatlas.runner import verdict
+
+    baseline = {"exact_match": 0.2, "rouge_l": 0.5}
+    sentence = verdict({"baseline": baseline, "distilled": dict(zip(baseline, distilled, strict=True))})
+    assert "undefined across vocabularies" in sentence and expected in sentence
+
+
+def test_cross_tokenizer_methods_train_a_student_with_its_own_tokenizer(
+    tiny_run: dict[str, Any], tmp_path: Path
+) -> None:
+    """ULD and DSKD-CMA: the embedded student uses the 'pair' tokenizer; its batches carry both
+    tokenizations, and no distance to the teacher is reported (undefined across vocabularies)."""
+    from reference_impls.common.tokenizer import build_pair_tokenizer
+
+    for method_id in ("uld", "dskd"):
+        recipe = build_recipe(method_id, {})
+        result = run_recipe(recipe, RunConfig(device="cpu", **tiny_run), teacher_recipe=QUICK_RECIPE)
+        assert set(result.metrics["distilled"]) == {"exact_match", "rouge_l"}
+        assert "token_kl_to_teacher" in result.metrics["teacher"]
+        assert all(math.isfinite(x) for x in result.curves["distilled"])
+    # A shared-vocabulary student is refused by token-level methods, accepted by the cross-tokenizer ones.
+    student_dir = tmp_path / "pair-student"
+    pair = build_pair_tokenizer()
+    from reference_impls.common.models import build_decoder, build_student_config
+
+    build_decoder(build_student_config(pair), 0).save_pretrained(student_dir)
+    pair.save_pretrained(student_dir)
+    with pytest.raises(ValueError, match="cross-tokenizer method: `uld` or `dskd`"):
+        run_recipe(
+            build_recipe("forward-kl", {}),
+            RunConfig(device="cpu", student=str(student_dir), **tiny_run),
+            teacher_recipe=QUICK_RECIPE,
+        )
+    result = run_recipe(
+        build_recipe("uld", {}),
+        RunConfig(device="cpu", student=str(student_dir), **tiny_run),
+        teacher_recipe=QUICK_RECIPE,
+    )
+    assert set(result.metrics["distilled"]) == {"exact_match", "rouge_l"}
+
+
+def test_entry_hyperparameter_defaults_match_the_code() -> None:
+    """A default the page states for a recipe option is the one `kdatlas run` uses."""
+    taxonomy, _ = load_taxonomy(REPO)
+    mismatches = []
+    for method_id, registration in registered_methods().items():
+        defaults = registration.defaults()
+        for hyperparameter in taxonomy.entries[method_id].hyperparameters:
+            if hyperparameter.name in defaults and hyperparameter.default != defaults[hyperparameter.name]:
+                mismatches.append(
+                    (method_id, hyperparameter.name, hyperparameter.default, defaults[hyperparameter.name])
+                )
+    assert mismatches == []
+
+
+def test_offline_topk_with_the_whole_vocabulary_reproduces_online_distillation(
+    tiny_run: dict[str, Any],
+) -> None:
+    """k = V stores the teacher's full distribution: training from the file without any teacher
+    forward pass gives the online forward-KL run's loss curve."""
+    from reference_impls.common.tokenizer import build_tokenizer
+
+    vocab = len(build_tokenizer())
+    online = run_recipe(
+        build_recipe("forward-kl", {}), RunConfig(device="cpu", **tiny_run), teacher_recipe=QUICK_RECIPE
+    )
+    offline = run_recipe(
+        build_recipe("forward-kl", {}),
+        RunConfig(device="cpu", teacher_topk=vocab, **tiny_run),
+        teacher_recipe=QUICK_RECIPE,
+    )
+    assert offline.curves["distilled"] == pytest.approx(online.curves["distilled"], rel=1e-4, abs=1e-5)
+    assert offline.config["teacher_signals"]["offline_topk"] == vocab
+    truncated = run_recipe(
+        build_recipe("forward-kl", {}),
+        RunConfig(device="cpu", teacher_topk=4, **tiny_run),
+        teacher_recipe=QUICK_RECIPE,
+    )
+    assert all(math.isfinite(x) for x in truncated.curves["distilled"])
+    with pytest.raises(ValueError, match="token-level forward or reverse KL"):
+        run_recipe(
+            build_recipe("gkd", {}),
+            RunConfig(device="cpu", teacher_topk=4, **tiny_run),
+            teacher_recipe=QUICK_RECIPE,
+        )
+
+
+@pytest.fixture(scope="module")
+def local_models(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
+    """A teacher and a student saved with `save_pretrained`, as a user's local checkpoints are."""
+    from reference_impls.common.models import build_decoder, build_student_config
+    from reference_impls.common.teacher import load_or_train_teacher
+
+    root = tmp_path_factory.mktemp("local-models")
+    teacher, tokenizer = load_or_train_teacher("cpu", progress=False, recipe=QUICK_RECIPE)
+    teacher.save_pretrained(root / "teacher")
+    tokenizer.save_pretrained(root / "teacher")
+    build_decoder(build_student_config(tokenizer), 0).save_pretrained(root / "student")
+    tokenizer.save_pretrained(root / "student")
+    return str(root / "teacher"), str(root / "student")
+
+
+@pytest.mark.parametrize("method_id", IMPLEMENTED)
+def test_method_runs_on_local_checkpoints(
+    method_id: str, tiny_run: dict[str, Any], local_models: tuple[str, str]
+) -> None:
+    """The real-model path (`--teacher PATH --student PATH`) for every method, on saved tiny models."""
+    teacher, student = local_models
+    config = RunConfig(device="cpu", teacher=teacher, student=student, **tiny_run)
+    result = run_recipe(build_recipe(method_id, {}), config)
+    assert result.config["teacher"]["id"].startswith(teacher) and result.config["student"]["id"].startswith(
+        student
+    )
+    assert {"exact_match", "rouge_l"} <= set(result.metrics["distilled"])
+    assert all(math.isfinite(x) for x in result.curves["distilled"])

@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 import transformers
@@ -42,8 +42,8 @@ from .models import build_decoder, build_student_config, count_parameters
 from .sampling import ModelSampler
 from .tasks import SUITE_VERSION, Example, load_jsonl, make_split
 from .teacher import TeacherRecipe, cache_root, load_or_train_teacher, teacher_key
-from .tokenizer import pad_id
-from .training import StepLoss, cross_entropy_objective, make_dataloader, train_student
+from .tokenizer import TOKENIZERS, pad_id
+from .training import StepLoss, cross_entropy_objective, make_dataloader, next_token_view, train_student
 
 # The embedded budget: about 30 s of distillation on 2 CPU cores. A small training set (the
 # low-data regime) is where soft targets help most.
@@ -85,6 +85,14 @@ class Recipe:
         step_loss: For methods whose step is more than an objective on one batch's logits
             (MiniLLM): computes the step's loss from the models and the batch (see
             `reference_impls.common.training.StepLoss`); ``objective`` is then documentation only.
+        cross_tokenizer: The student may use a different tokenizer than the teacher (ULD, DSKD):
+            the distilled student's batches carry both tokenizations (teacher's under
+            ``teacher_*`` keys) and distances to the teacher, undefined across vocabularies, are
+            not reported.
+        student_tokenizer: For ``cross_tokenizer`` with the embedded student: which embedded
+            tokenizer it uses (a key of ``reference_impls.common.tokenizer.TOKENIZERS``).
+        build_student: Builds the initial student from the teacher when no ``--student`` is given
+            (MiniMA: structured pruning of the teacher); ``describe()`` identifies it in caches.
     """
 
     method_id: str
@@ -93,6 +101,23 @@ class Recipe:
     uses_teacher_logits: bool = True
     hyperparameters: Mapping[str, float | int | str] = field(default_factory=dict)
     step_loss: StepLoss | None = None
+    cross_tokenizer: bool = False
+    student_tokenizer: str = "pair"
+    build_student: StudentFactory | None = None
+
+
+class StudentFactory(Protocol):
+    """Builds the initial student from the teacher (e.g. by pruning), for `Recipe.build_student`."""
+
+    def __call__(
+        self,
+        teacher: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase,
+        train: Sequence[Example],
+        seed: int,
+    ) -> PreTrainedModel: ...
+
+    def describe(self) -> dict[str, Any]: ...
 
 
 @dataclass
@@ -117,6 +142,9 @@ class RunConfig:
         train_size: Suite training examples (ignored with ``data``).
         max_new_tokens: Generation limit at evaluation and for generated data sources.
         trust_remote_code: Passed to ``from_pretrained``; off unless asked for.
+        teacher_topk: Train from the teacher's top-k log-probs stored once on disk (safetensors,
+            cached) instead of running the teacher at every step; ``None`` runs it. Token-level
+            forward/reverse KL recipes on a static data source only.
         progress: Show progress bars.
     """
 
@@ -133,6 +161,7 @@ class RunConfig:
     train_size: int = DEFAULT_TRAIN_SIZE
     max_new_tokens: int = 24
     trust_remote_code: bool = False
+    teacher_topk: int | None = None
     progress: bool = True
 
 
@@ -226,13 +255,17 @@ def evaluate(
     *,
     max_new_tokens: int,
     vocab_size: int | None = None,
+    distances_to_teacher: bool = True,
 ) -> dict[str, float]:
-    """Greedy-decode ``examples`` and score them; KL to ``teacher`` on the reference responses."""
+    """Greedy-decode ``examples`` and score them; KL to ``teacher`` on the reference responses
+    (left out with ``distances_to_teacher=False``: across vocabularies they are undefined)."""
     predictions = generate_responses(
         model, tokenizer, [e.prompt for e in examples], max_new_tokens=max_new_tokens
     )
     distances = dict.fromkeys(DISTANCE_METRICS, 0.0)
-    if model is not teacher:
+    if not distances_to_teacher:
+        distances = {}
+    elif model is not teacher:
         measured = token_distances_to_teacher(
             model,
             teacher,
@@ -247,6 +280,74 @@ def evaluate(
         **distances,
         "rouge_l": mean_rouge_l(predictions, examples),
     }
+
+
+def _offline_topk_step(
+    recipe: Recipe,
+    config: RunConfig,
+    teacher: PreTrainedModel,
+    teacher_id: str,
+    data_id: str,
+    responses: Sequence[str],
+    loader: Callable[..., torch.utils.data.DataLoader],
+    vocab_size: int | None,
+    source: OnlineSource | None,
+) -> tuple[StepLoss, dict[str, Any]]:
+    """Precompute (or reuse) the teacher's top-k file for these training sequences; return the
+    step that trains from it and what to record in the run config."""
+    from .offline_teacher import load_topk, precompute_topk, topk_divergence, topk_kwargs
+
+    objective = recipe.objective
+    name = getattr(getattr(objective, "divergence", None), "__name__", None)
+    if recipe.step_loss is not None or source is not None or name not in ("forward_kl", "reverse_kl"):
+        raise ValueError(
+            f"--teacher-topk trains a token-level forward or reverse KL on fixed sequences; "
+            f"'{recipe.method_id}' is not one (use e.g. forward-kl or reverse-kl, without --source student/mixed)"
+        )
+    temperature = float(objective.hyperparameters.get("temperature", 1.0))
+    fingerprint = _digest(
+        {"teacher": teacher_id, "data": data_id, "responses": list(responses), "code": _code_digest()}
+    )
+    path = (
+        cache_root() / "teacher-topk" / f"{fingerprint}-k{config.teacher_topk}-t{temperature:g}.safetensors"
+    )
+    ordered = loader(responses)
+    ordered_batches = torch.utils.data.DataLoader(  # same rows, in index order, for the one-off pass
+        ordered.dataset, batch_size=config.batch_size, shuffle=False, collate_fn=ordered.collate_fn
+    )
+    if not path.is_file():
+        precompute_topk(
+            teacher,
+            ordered_batches,
+            k=config.teacher_topk,
+            temperature=temperature,
+            path=path,
+            fingerprint=fingerprint,
+            vocab_size=vocab_size,
+            progress=config.progress,
+        )
+    signals = load_topk(
+        path,
+        fingerprint=fingerprint,
+        num_examples=len(responses),
+        temperature=temperature,
+        k=config.teacher_topk,
+    )
+    divergence = name
+
+    def step(model: torch.nn.Module, _teacher: object, batch: dict[str, Tensor], cut: int | None) -> Tensor:
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        student_logits, labels = next_token_view(logits[..., :cut] if cut else logits, batch["labels"])
+        targets = signals.lookup(batch["example_index"], labels)
+        return topk_divergence(
+            student_logits,
+            labels=labels,
+            divergence=divergence,
+            temperature=temperature,
+            **topk_kwargs(targets),
+        )
+
+    return step, {"offline_topk": config.teacher_topk, "tail": "residual", "file": str(path)}
 
 
 # ------------------------------------------------------------------------------------- the run
@@ -297,15 +398,30 @@ def run_recipe(
     seconds["teacher_load"] = time.perf_counter() - tick
 
     # 2. The student factory: the same initial weights for baseline and distilled.
-    if config.student is None:
-        student_config = build_student_config(tokenizer)
+    if config.student is None and recipe.build_student is not None:
+        student_tokenizer = tokenizer
+        factory = recipe.build_student
+        student_id = f"built:{_digest({'teacher': teacher_id, **factory.describe()})}"
+        built: list[PreTrainedModel] = []
+
+        def new_student() -> PreTrainedModel:
+            if not built:  # `train` is defined below, before the first call
+                built.append(factory(teacher, tokenizer, train, config.seed).to(device))
+            return copy.deepcopy(built[0])
+
+    elif config.student is None:
+        student_tokenizer = TOKENIZERS[recipe.student_tokenizer]() if recipe.cross_tokenizer else tokenizer
+        student_config = build_student_config(student_tokenizer)
         student_id = f"embedded:{_digest(student_config.to_diff_dict())}"
 
         def new_student() -> PreTrainedModel:
             return build_decoder(student_config, config.seed).to(device)
 
     else:
-        check_same_vocabulary(tokenizer, AutoTokenizer.from_pretrained(config.student, **remote))
+        student_tokenizer = AutoTokenizer.from_pretrained(config.student, **remote)
+        if not recipe.cross_tokenizer:
+            check_same_vocabulary(tokenizer, student_tokenizer)
+            student_tokenizer = tokenizer
         student_id = f"{config.student}@{_fingerprint(config.student)}"
 
         def new_student() -> PreTrainedModel:
@@ -332,12 +448,24 @@ def run_recipe(
 
     start = new_student()
     student_size = count_parameters(start)
+    shared_vocabulary = student_tokenizer is tokenizer
     # Shared tokenizer, but heads may be padded differently (e.g. different sizes of one family).
-    vocab_size = len(tokenizer) if _output_size(teacher) != _output_size(start) else None
+    vocab_size = (
+        len(tokenizer) if shared_vocabulary and _output_size(teacher) != _output_size(start) else None
+    )
 
-    def loader(responses: Sequence[str], examples: Sequence[Example] = train) -> torch.utils.data.DataLoader:
+    def loader(
+        responses: Sequence[str], examples: Sequence[Example] = train, paired: bool = False
+    ) -> torch.utils.data.DataLoader:
         prompts = [e.prompt for e in examples]
-        return make_dataloader(tokenizer, prompts, responses, batch_size=config.batch_size, seed=config.seed)
+        return make_dataloader(
+            student_tokenizer,
+            prompts,
+            responses,
+            batch_size=config.batch_size,
+            seed=config.seed,
+            teacher_tokenizer=tokenizer if paired else None,
+        )
 
     def supervised(model: PreTrainedModel, n_steps: int, description: str) -> list[float]:
         """Plain cross-entropy on the dataset responses: the warm start and the baseline."""
@@ -363,7 +491,14 @@ def run_recipe(
 
     def score(model: PreTrainedModel) -> dict[str, float]:
         return evaluate(
-            model, teacher, tokenizer, test, max_new_tokens=config.max_new_tokens, vocab_size=vocab_size
+            model,
+            teacher,
+            student_tokenizer if model is not teacher else tokenizer,
+            test,
+            max_new_tokens=config.max_new_tokens,
+            vocab_size=vocab_size,
+            # The teacher's own row (cached for every student) always has its zero distances.
+            distances_to_teacher=shared_vocabulary or model is teacher,
         )
 
     common_key = {
@@ -431,27 +566,35 @@ def run_recipe(
         sampler = ModelSampler(
             student=distilled,
             teacher=teacher,
-            eos_id=tokenizer.eos_token_id,
-            pad_id=pad_id(tokenizer),
+            eos_id=student_tokenizer.eos_token_id,
+            pad_id=pad_id(student_tokenizer),
             max_new_tokens=config.max_new_tokens,
             temperature=source.temperature,
             teacher_mix=getattr(source, "teacher_mix", 0.0),
             seed=config.seed,
             vocab_size=vocab_size,
         )
+    step_loss = recipe.step_loss
+    teacher_signals: dict[str, Any] = {}
+    if config.teacher_topk is not None:
+        step_loss, teacher_signals = _offline_topk_step(
+            recipe, config, teacher, teacher_id, data_id, responses, loader, vocab_size, source
+        )
+    if recipe.step_loss is not None and hasattr(recipe.step_loss, "prepare"):
+        recipe.step_loss.prepare(distilled, teacher)  # e.g. DSKD's projectors, trained with the student
     curves["distilled"] = train_student(
         distilled,
-        loader(responses),
+        loader(responses, paired=recipe.cross_tokenizer),
         recipe.objective,
         steps,
         accelerator,
-        teacher=teacher if recipe.uses_teacher_logits else None,
+        teacher=teacher if recipe.uses_teacher_logits and config.teacher_topk is None else None,
         learning_rate=config.learning_rate,
         vocab_size=vocab_size,
         source=source,
         sampler=sampler,
         validation_batches=loader([e.response for e in validation], validation) if source else None,
-        step_loss=recipe.step_loss,
+        step_loss=step_loss,
         progress=config.progress,
         description=f"Distilled student ({recipe.method_id})",
     )
@@ -470,6 +613,7 @@ def run_recipe(
             **({"origins": dict(getattr(source, "origins", {}))} if source is not None else {}),
         },
         "uses_teacher_logits": recipe.uses_teacher_logits,
+        **({"teacher_signals": teacher_signals} if teacher_signals else {}),
         "run": {**asdict(config), "steps": steps, "sft_steps": sft_steps},
         "suite_version": SUITE_VERSION,
         "teacher": {"id": teacher_id, "parameters": count_parameters(teacher)},

@@ -34,6 +34,8 @@ import torch
 from torch import Tensor, nn
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedModel
 
+from .models import count_parameters
+
 Importance = Literal["magnitude", "activation", "gradient"]
 IMPORTANCE_SCORES: tuple[str, ...] = ("magnitude", "activation", "gradient")
 PreHook = Callable[[nn.Module, tuple[Tensor, ...]], tuple[Tensor, ...]]
@@ -445,3 +447,36 @@ def prune_llama(
         student.tie_weights()
     student.generation_config = copy.deepcopy(teacher.generation_config)
     return student.eval()
+
+
+def student_shape(teacher: PreTrainedModel, fraction: float) -> dict[str, int]:
+    """The prunable shape whose parameter count is closest to ``fraction`` of the teacher's."""
+    config = teacher.config
+    target = fraction * count_parameters(teacher)
+    head_dim = config.head_dim or config.hidden_size // config.num_attention_heads
+    ffn_ratio = config.intermediate_size / config.hidden_size
+    best: tuple[float, dict[str, int]] | None = None
+    for layers in range(1, config.num_hidden_layers + 1):
+        for hidden in range(8, config.hidden_size + 1, 8):
+            heads = max(1, min(config.num_attention_heads, round(hidden / head_dim)))
+            if hidden % heads:
+                continue  # LlamaConfig requires hidden_size to be a multiple of the heads
+            shape = {
+                "num_layers": layers,
+                "hidden_size": hidden,
+                "intermediate_size": min(config.intermediate_size, round(ffn_ratio * hidden)),
+                "num_heads": heads,
+                "num_kv_heads": heads,
+            }
+            per_layer = 4 * hidden * heads * head_dim + 3 * hidden * shape["intermediate_size"] + 2 * hidden
+            size = (
+                config.vocab_size * hidden * (1 if config.tie_word_embeddings else 2)
+                + layers * per_layer
+                + hidden
+            )
+            gap = abs(size - target)
+            if best is None or gap < best[0]:
+                best = (gap, shape)
+    if best is None:
+        raise ValueError(f"no prunable shape for fraction {fraction}")
+    return best[1]

@@ -141,21 +141,39 @@ def make_dataloader(
     batch_size: int,
     seed: int = 0,
     shuffle: bool = True,
+    teacher_tokenizer: PreTrainedTokenizerBase | None = None,
 ) -> DataLoader:
-    """Batches of ``input_ids``, ``attention_mask``, ``labels`` (each ``[batch, seq]``).
+    """Batches of ``input_ids``, ``attention_mask``, ``labels`` (each ``[batch, seq]``) and
+    ``example_index`` (``[batch]``, the row's position in ``prompts``).
 
-    The shuffling order depends only on ``seed``, so runs with the same seed see the same data.
+    With ``teacher_tokenizer`` (cross-tokenizer methods) each batch also holds the same examples
+    tokenized for the teacher under ``teacher_input_ids``, ``teacher_attention_mask`` and
+    ``teacher_labels``. The shuffling order depends only on ``seed``, so runs with the same seed
+    see the same data.
     """
     if len(prompts) != len(responses):
         raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
     rows = [encode_pair(tokenizer, p, r) for p, r in zip(prompts, responses, strict=True)]
     pad = pad_id(tokenizer)
+    teacher_rows: list[tuple[list[int], list[int]]] = []
+    if teacher_tokenizer is not None:
+        teacher_rows = [encode_pair(teacher_tokenizer, p, r) for p, r in zip(prompts, responses, strict=True)]
+    teacher_pad = pad_id(teacher_tokenizer) if teacher_tokenizer is not None else pad
+
+    def collate_indexed(indices: list[int]) -> dict[str, Tensor]:
+        batch = collate([rows[i] for i in indices], pad)
+        batch["example_index"] = torch.tensor(indices, dtype=torch.long)
+        if teacher_rows:
+            teacher = collate([teacher_rows[i] for i in indices], teacher_pad)
+            batch.update({f"teacher_{key}": value for key, value in teacher.items()})
+        return batch
+
     return DataLoader(
-        rows,  # a list is a valid map-style dataset
+        list(range(len(rows))),  # a list is a valid map-style dataset
         batch_size=batch_size,
         shuffle=shuffle,
         generator=torch.Generator().manual_seed(seed),
-        collate_fn=lambda batch: collate(batch, pad),
+        collate_fn=collate_indexed,
     )
 
 
