@@ -43,18 +43,16 @@ from reference_impls.word_level_kd import WordLevelObjective
 def _mixture_kl(
     student_logits: Tensor, teacher_logits: Tensor, labels: Tensor, *, of_teacher: bool
 ) -> Tensor:
-    """$\\mathrm{KL}(p\\,\\|\\,m)$ (``of_teacher``) or $\\mathrm{KL}(q\\,\\|\\,m)$ with $m = \\tfrac12(p+q)$, per-token mean.
+    r"""$\mathrm{KL}(p\,\|\,m)$ (``of_teacher``) or $\mathrm{KL}(q\,\|\,m)$ with $m = \tfrac12(p+q)$, per-token mean.
 
-    These are the two halves of `reference_impls.losses.generalized_jsd` at β = ½ without their
-    ½ weights: ``generalized_jsd(β=½) = ½·KL(p‖m) + ½·KL(q‖m)`` on the same sequences.
+    The two halves of `reference_impls.losses.generalized_jsd` at β = ½ without their ½ weights
+    (``generalized_jsd(β=½) = ½·KL(p‖m) + ½·KL(q‖m)`` on the same sequences), built from the loss
+    API's own preparation, mixture and reduction so the conventions are the same.
     """
-    log_p = torch.log_softmax(teacher_logits.detach().float(), dim=-1)
-    log_q = torch.log_softmax(student_logits.float(), dim=-1)
-    log_m = torch.logaddexp(log_p, log_q) - torch.log(torch.tensor(2.0))
+    log_p, log_q, keep = losses._prepare(student_logits, teacher_logits, labels, 1.0)
+    log_m = losses._log_mixture(log_p, log_q, 0.5)
     log_x = log_p if of_teacher else log_q
-    per_token = (log_x.exp() * (log_x - log_m)).sum(-1)
-    mask = labels != losses.IGNORE_INDEX
-    return (per_token * mask).sum() / mask.sum().clamp(min=1)
+    return losses._reduce(log_x.exp() * (log_x - log_m), keep, labels, 1.0, False, "mean", None)
 
 
 TEACHER_TERMS = {

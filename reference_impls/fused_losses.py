@@ -68,6 +68,7 @@ from .losses import (
     _check_unit_interval,
     _finite_log_softmax,
     _log_mixture,
+    adaptive_kl_weight,
 )
 
 DEFAULT_MEMORY_BUDGET_BYTES = 512 * 2**20
@@ -157,15 +158,7 @@ def _skew_reverse_kl_grad(
 def _adaptive_kl_grad(log_p: Tensor, log_q: Tensor, keep: Tensor, mu: float = 0.5) -> tuple[Tensor, Tensor]:
     p = torch.where(keep, log_p.exp(), 0.0)
     q = torch.where(keep, log_q.exp(), 0.0)
-    # The head/tail weight exactly as losses.adaptive_kl (a constant: stop-gradient there too).
-    gap = (p - q).abs()
-    p_sorted, order = p.sort(dim=-1, descending=True)
-    head_sorted = p_sorted.cumsum(dim=-1) <= mu
-    head_sorted[..., 0] = True
-    head = torch.zeros_like(head_sorted).scatter(-1, order, head_sorted)
-    g_head = torch.where(head, gap, 0.0).sum(-1, keepdim=True)
-    g_total = gap.sum(-1, keepdim=True)
-    w = torch.where(g_total > 0, g_head / g_total.clamp_min(torch.finfo(gap.dtype).tiny), 0.5)
+    w = adaptive_kl_weight(p, q, mu)  # the same constant head/tail weight as losses.adaptive_kl
     log_ratio = log_q - log_p
     terms = -w * p * log_ratio + (1 - w) * q * log_ratio
     grad = -w * p + (1 - w) * q * (log_ratio + 1)

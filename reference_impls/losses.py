@@ -371,17 +371,26 @@ def adaptive_kl(
     log_p, log_q, keep = _prepare(student_logits, teacher_logits, labels, temperature)
     p = torch.where(keep, log_p.exp(), 0.0)
     q = torch.where(keep, log_q.exp(), 0.0)
-    with torch.no_grad():
-        gap = (p - q).abs()
-        p_sorted, order = p.sort(dim=-1, descending=True)
-        head_sorted = p_sorted.cumsum(dim=-1) <= mu
-        head_sorted[..., 0] = True
-        head = torch.zeros_like(head_sorted).scatter(-1, order, head_sorted)
-        g_head = torch.where(head, gap, 0.0).sum(-1, keepdim=True)
-        g_total = gap.sum(-1, keepdim=True)
-        w_forward = torch.where(g_total > 0, g_head / g_total.clamp_min(torch.finfo(gap.dtype).tiny), 0.5)
+    w_forward = adaptive_kl_weight(p, q, mu)
     terms = w_forward * p * (log_p - log_q) + (1 - w_forward) * q * (log_q - log_p)
     return _reduce(terms, keep, labels, temperature, scale_by_t2, reduction, num_items_in_batch)
+
+
+@torch.no_grad()
+def adaptive_kl_weight(p: Tensor, q: Tensor, mu: float) -> Tensor:
+    """AKL's forward-KL weight $g_\text{head} / (g_\text{head} + g_\text{tail})$ per position, ``[..., 1]``.
+
+    The head is the smallest set of the teacher's most probable tokens whose mass reaches ``mu``
+    (at least one token); the gaps are $|P - Q|$. A constant: no gradient flows through it.
+    """
+    gap = (p - q).abs()
+    p_sorted, order = p.sort(dim=-1, descending=True)
+    head_sorted = p_sorted.cumsum(dim=-1) <= mu
+    head_sorted[..., 0] = True
+    head = torch.zeros_like(head_sorted).scatter(-1, order, head_sorted)
+    g_head = torch.where(head, gap, 0.0).sum(-1, keepdim=True)
+    g_total = gap.sum(-1, keepdim=True)
+    return torch.where(g_total > 0, g_head / g_total.clamp_min(torch.finfo(gap.dtype).tiny), 0.5)
 
 
 def todi(

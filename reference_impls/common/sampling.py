@@ -19,6 +19,7 @@ unchanged.
 
 from __future__ import annotations
 
+import functools
 import inspect
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -46,12 +47,18 @@ def prompt_ids(batch: dict[str, Tensor]) -> list[list[int]]:
     return rows
 
 
+@functools.cache
+def _cache_argument(model_class: type) -> str:
+    """The KV-cache keyword of a model class's forward (looked up once per class)."""
+    return "cache" if "cache" in inspect.signature(model_class.forward).parameters else "past_key_values"
+
+
 def _forward_cached(
     model: PreTrainedModel, input_ids: Tensor, attention_mask: Tensor, positions: Tensor, cache: object
 ) -> tuple[object, object]:
     """One incremental forward pass; transformers ≥ 5.2x names the KV-cache argument ``cache``
     (``past_key_values`` before), so use whichever the model's forward accepts."""
-    name = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    name = _cache_argument(type(model))
     out = model(
         input_ids=input_ids,
         attention_mask=attention_mask,

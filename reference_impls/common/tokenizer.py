@@ -35,6 +35,11 @@ def build_tokenizer() -> PreTrainedTokenizerFast:
     backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token=UNK))
     # Every single character (newline included) becomes its own "word".
     backend.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
+    return _wrap(backend)
+
+
+def _wrap(backend: Tokenizer) -> PreTrainedTokenizerFast:
+    """The HF tokenizer around a `tokenizers` backend, with the suite's special tokens."""
     backend.decoder = decoders.Fuse()
     return PreTrainedTokenizerFast(
         tokenizer_object=backend,
@@ -93,16 +98,7 @@ def build_pair_tokenizer(merges: Sequence[str] | None = None) -> PreTrainedToken
         raise ValueError("merges must not repeat a pair")
     vocab = {token: index for index, token in enumerate([*SPECIAL_TOKENS, *CHARACTERS, *merges])}
     # No pre-tokenizer: the whole text is one "word", so pairs merge across spaces too.
-    backend = Tokenizer(models.BPE(vocab=vocab, merges=[(m[0], m[1]) for m in merges], unk_token=UNK))
-    backend.decoder = decoders.Fuse()
-    return PreTrainedTokenizerFast(
-        tokenizer_object=backend,
-        bos_token=BOS,
-        eos_token=EOS,
-        pad_token=PAD,
-        unk_token=UNK,
-        model_max_length=256,
-    )
+    return _wrap(Tokenizer(models.BPE(vocab=vocab, merges=[(m[0], m[1]) for m in merges], unk_token=UNK)))
 
 
 # Named tokenizers: "char" (teachers and same-vocabulary students), "pair" (cross-tokenizer students).
