@@ -446,6 +446,73 @@ def new(
     errors.print("\n[bold]Next:[/]\n" + "\n".join(f"  {i}. {step}" for i, step in enumerate(steps, 1)))
 
 
+@app.command("serve-teacher")
+def serve_teacher(
+    model: Annotated[
+        str,
+        typer.Option(help="'embedded' (the tiny teacher, trained on first use) or a local path / hub id."),
+    ] = "embedded",
+    host: Annotated[
+        str, typer.Option(help="Address to bind (loopback only unless --allow-remote).")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=0, max=65535, help="Port (0 picks a free one).")] = 8765,
+    name: Annotated[
+        str | None, typer.Option(help="Model id clients send as 'model' (default: derived from --model).")
+    ] = None,
+    max_new_tokens: Annotated[
+        int, typer.Option(min=1, help="Default and upper bound of a request's max_tokens.")
+    ] = 64,
+    api_key_env: Annotated[
+        str | None,
+        typer.Option(
+            help="Require 'Authorization: Bearer <key>' with the key read from this environment variable."
+        ),
+    ] = None,
+    allow_remote: Annotated[
+        bool, typer.Option(help="Allow binding a non-loopback address such as 0.0.0.0 (no TLS: set a key).")
+    ] = False,
+    device: Annotated[Device, typer.Option(help="auto picks CUDA when available.")] = Device.auto,
+    trust_remote_code: Annotated[
+        bool, typer.Option(help="Allow custom model code from the hub (off by default).")
+    ] = False,
+    dry_run: Annotated[
+        bool,
+        typer.Option(help="Check the options and print what would be served, without loading or serving."),
+    ] = False,
+) -> None:
+    """Serve a local model as an OpenAI-compatible endpoint (/v1/models, /v1/completions, /v1/chat/completions)."""
+    from reference_impls.blackbox import server as teacher_server
+
+    try:
+        teacher_server.check_bind_host(host, allow_remote)
+        api_key = teacher_server.read_api_key(api_key_env) if api_key_env else None
+    except ValueError as error:
+        raise _fail(str(error)) from None
+    auth = f"bearer key from ${api_key_env}" if api_key_env else "none"
+    if dry_run:
+        console.print(f"would serve {model!r} on http://{host}:{port}/v1 (authentication: {auth})")
+        return
+    loaded, tokenizer, default_name = teacher_server.load_served_model(model, device.value, trust_remote_code)
+    config = teacher_server.ServerConfig(
+        model_name=name or default_name, max_new_tokens=max_new_tokens, api_key=api_key
+    )
+    try:
+        server = teacher_server.make_server(
+            loaded, tokenizer, host=host, port=port, config=config, allow_remote=allow_remote
+        )
+    except (OSError, ValueError) as error:
+        raise _fail(f"cannot serve on {host}:{port}: {error}") from None
+    console.print(
+        f"serving [bold]{config.model_name}[/] at {server.base_url} (authentication: {auth}); Ctrl+C stops"
+    )
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+
+
 def _mkdocs(root: Path, *args: str) -> int:
     env = {**os.environ, "NO_MKDOCS_2_WARNING": "1", "DISABLE_MKDOCS_2_WARNING": "true"}
     command = [sys.executable, "-m", "mkdocs", *args, "--config-file", str(root / "mkdocs.yml")]

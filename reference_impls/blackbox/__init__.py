@@ -1,0 +1,1 @@
+"""Black-box distillation: teacher access through text only (backends, cache, server)."""

@@ -1,0 +1,55 @@
+"""The black-box access path end to end over real HTTP: `serve-teacher` ↔ OpenAI-compatible client
+↔ persistent response cache. A rerun is answered from the cache without any HTTP request."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from reference_impls.blackbox.cache import Record, Request, ResponseCache
+from reference_impls.blackbox.server import serve_in_thread
+from reference_impls.blackbox.teacher import GenerationRequest, LocalTeacher, OpenAICompatibleTeacher
+from reference_impls.common.models import build_decoder, build_student_config
+from reference_impls.common.tokenizer import build_tokenizer
+
+
+@pytest.fixture(scope="module")
+def served() -> tuple[str, object, object]:
+    tokenizer = build_tokenizer()
+    model = build_decoder(build_student_config(tokenizer), 0).eval()
+    base_url, stop = serve_in_thread(model, tokenizer, model_name="tiny", max_new_tokens=16)
+    yield base_url, model, tokenizer
+    stop()
+
+
+def test_cached_generation_over_http_matches_the_local_model_and_resumes(
+    served: tuple, tmp_path: Path
+) -> None:
+    base_url, model, tokenizer = served
+    teacher = OpenAICompatibleTeacher(base_url, "tiny", api_key_env="KDATLAS_TEST_NO_KEY")
+    prompts = ["copy: abc", "rev: hello", "sort: dbca", "up: xy"]
+    requests = [Request(prompt=p, max_new_tokens=8) for p in prompts]
+
+    def generate(batch: list[Request]) -> list[Record]:
+        completions = teacher.generate(
+            [GenerationRequest(prompt=r.prompt, max_new_tokens=r.max_new_tokens) for r in batch]
+        )
+        return [Record.coerce(c) for c in completions]
+
+    cache = ResponseCache(tmp_path / "responses.jsonl")
+    records = cache.generate_cached(
+        generate, requests, identity=teacher.identity(), batch_size=2, progress=False
+    )
+    local = LocalTeacher(model, tokenizer).generate(
+        [GenerationRequest(prompt=p, max_new_tokens=8) for p in prompts]
+    )
+    assert [r.text for r in records] == [c.text for c in local]
+    calls = teacher.stats.http_requests
+    assert calls == len(prompts)
+
+    again = ResponseCache(tmp_path / "responses.jsonl").generate_cached(
+        generate, requests, identity=teacher.identity(), batch_size=2, progress=False
+    )
+    assert [r.text for r in again] == [r.text for r in records]
+    assert teacher.stats.http_requests == calls, "a rerun must be served from the cache"
