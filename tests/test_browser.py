@@ -94,7 +94,15 @@ class Watched:
         self.problems: list[str] = []
         self.page.on("console", lambda m: m.type == "error" and self.problems.append(f"console: {m.text}"))
         self.page.on("pageerror", lambda e: self.problems.append(f"page error: {e}"))
-        self.page.on("requestfailed", lambda r: self.problems.append(f"failed: {r.url} {r.failure}"))
+        # A request the browser aborts because the test navigated away (ERR_ABORTED) is not a
+        # broken resource; a missing one shows up as an HTTP status >= 400 below.
+        self.page.on(
+            "requestfailed",
+            lambda r: (
+                "ERR_ABORTED" not in (r.failure or "")
+                and self.problems.append(f"failed: {r.url} {r.failure}")
+            ),
+        )
         self.page.on(
             "response", lambda r: r.status >= 400 and self.problems.append(f"HTTP {r.status}: {r.url}")
         )
