@@ -53,3 +53,32 @@ def test_cached_generation_over_http_matches_the_local_model_and_resumes(
     )
     assert [r.text for r in again] == [r.text for r in records]
     assert teacher.stats.http_requests == calls, "a rerun must be served from the cache"
+
+
+def test_cached_generate_answers_like_the_teacher_and_caches_each_sample(tmp_path: Path) -> None:
+    from reference_impls.blackbox.access import cached_generate
+
+    tokenizer = build_tokenizer()
+    teacher = LocalTeacher(build_decoder(build_student_config(tokenizer), 0).eval(), tokenizer)
+    calls: list[int] = []
+    generate = teacher.generate
+
+    def counting(requests: list[GenerationRequest]) -> list:
+        calls.append(len(requests))
+        return generate(requests)
+
+    teacher.generate = counting  # type: ignore[method-assign]
+    requests = [
+        GenerationRequest(prompt="copy: abc", max_new_tokens=8),
+        GenerationRequest(prompt="rev: hello", max_new_tokens=8, temperature=1.0, seed=3, n=3),
+        GenerationRequest(prompt=({"role": "user", "content": "up: xy"},), max_new_tokens=8),
+    ]
+    path = tmp_path / "cache.jsonl"
+    first = cached_generate(teacher, requests, path, progress=False)
+    assert [c.index for c in first] == [0, 0, 1, 2, 0]
+    assert first[0].text == generate([requests[0]])[0].text
+    assert sum(calls) == 5
+    again = cached_generate(teacher, requests, path, progress=False)
+    assert [c.text for c in again] == [c.text for c in first] and sum(calls) == 5
+    with pytest.raises(ValueError, match="log-probs"):
+        cached_generate(teacher, [GenerationRequest(prompt="x", logprobs=2)], path, progress=False)
