@@ -35,7 +35,7 @@ from reference_impls.common.data_sources import OnlineSource, SourceContext
 from reference_impls.common.generation import generate_responses
 from reference_impls.common.harness import Recipe
 from reference_impls.common.tasks import Example
-from reference_impls.common.training import next_token_view
+from reference_impls.common.training import aligned_logits
 from reference_impls.registry import register
 from reference_impls.word_level_kd import WordLevelObjective
 
@@ -135,20 +135,11 @@ class FDistillStep:
     ) -> Tensor:
         if teacher is None:
             raise ValueError("f-DISTILL needs the teacher's logits (white-box access)")
-        cut = slice(None) if vocab_size is None else slice(0, vocab_size)
 
         def aligned(prefix: str) -> tuple[Tensor, Tensor, Tensor]:
-            inputs = {
-                "input_ids": batch[f"{prefix}input_ids"],
-                "attention_mask": batch[f"{prefix}attention_mask"],
-            }
-            student_logits, labels = next_token_view(
-                model(**inputs).logits[..., cut], batch[f"{prefix}labels"]
-            )
+            student_logits, labels = aligned_logits(model, batch, prefix, vocab_size)
             with torch.no_grad():
-                teacher_logits, _ = next_token_view(
-                    teacher(**inputs).logits[..., cut], batch[f"{prefix}labels"]
-                )
+                teacher_logits, _ = aligned_logits(teacher, batch, prefix, vocab_size)
             return student_logits, teacher_logits, labels
 
         loss = torch.zeros((), device=batch["teacher_input_ids"].device)

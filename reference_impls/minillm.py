@@ -51,7 +51,7 @@ from torch import Tensor
 
 from reference_impls.common.data_sources import OnlineSource
 from reference_impls.common.harness import Recipe
-from reference_impls.common.training import next_token_view
+from reference_impls.common.training import aligned_logits
 from reference_impls.losses import IGNORE_INDEX, forward_kl, hard_label_ce, reverse_kl
 from reference_impls.registry import register
 from reference_impls.word_level_kd import WordLevelObjective
@@ -627,17 +627,11 @@ class MiniLLMStep:
     ) -> Tensor:
         if teacher is None:
             raise ValueError("MiniLLM needs the teacher's logits (white-box access)")
-        cut = slice(None) if vocab_size is None else slice(0, vocab_size)
-
-        def logits_of(net: torch.nn.Module, prefix: str = "") -> tuple[Tensor, Tensor]:
-            out = net(input_ids=batch[f"{prefix}input_ids"], attention_mask=batch[f"{prefix}attention_mask"])
-            return next_token_view(out.logits[..., cut], batch[f"{prefix}labels"])
-
-        student_logits, labels = logits_of(model)
+        student_logits, labels = aligned_logits(model, batch, vocab_size=vocab_size)
         with torch.no_grad():
-            teacher_logits, _ = logits_of(teacher)
-            lm_teacher_logits, _ = logits_of(teacher, "lm_")
-        lm_logits, lm_labels = logits_of(model, "lm_")
+            teacher_logits, _ = aligned_logits(teacher, batch, vocab_size=vocab_size)
+            lm_teacher_logits, _ = aligned_logits(teacher, batch, "lm_", vocab_size)
+        lm_logits, lm_labels = aligned_logits(model, batch, "lm_", vocab_size)
         student_r, ids, mask = _responses(student_logits, labels)
         teacher_r, _, _ = _responses(teacher_logits, labels)
         state = batch["state"]

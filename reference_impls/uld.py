@@ -25,17 +25,10 @@ from torch import Tensor
 
 from reference_impls.common.data_sources import TeacherGenerated
 from reference_impls.common.harness import Recipe
-from reference_impls.common.training import cross_entropy_objective, next_token_view
+from reference_impls.common.training import aligned_logits, cross_entropy_objective
 from reference_impls.cross_tokenizer import uld_loss
 from reference_impls.losses import hard_label_ce
 from reference_impls.registry import register
-
-
-def teacher_view(teacher: torch.nn.Module, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
-    """The teacher's aligned ``(logits, labels)`` on its own tokenization (``teacher_*`` keys), no grad."""
-    with torch.no_grad():
-        out = teacher(input_ids=batch["teacher_input_ids"], attention_mask=batch["teacher_attention_mask"])
-    return next_token_view(out.logits, batch["teacher_labels"])
 
 
 @dataclass(frozen=True)
@@ -52,9 +45,9 @@ class ULDStep:
     ) -> Tensor:
         if teacher is None:
             raise ValueError("ULD needs the teacher's logits (white-box access, any vocabulary)")
-        out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
-        student_logits, student_labels = next_token_view(out.logits, batch["labels"])
-        teacher_logits, teacher_labels = teacher_view(teacher, batch)
+        student_logits, student_labels = aligned_logits(model, batch)
+        with torch.no_grad():  # the teacher reads its own tokenization (``teacher_*`` keys)
+            teacher_logits, teacher_labels = aligned_logits(teacher, batch, "teacher_")
         distance = uld_loss(
             student_logits,
             teacher_logits,

@@ -43,7 +43,7 @@ from .sampling import ModelSampler
 from .tasks import SUITE_VERSION, Example, load_jsonl, make_split
 from .teacher import TeacherRecipe, cache_root, load_or_train_teacher, teacher_key
 from .tokenizer import TOKENIZERS, pad_id
-from .training import StepLoss, cross_entropy_objective, make_dataloader, next_token_view, train_student
+from .training import StepLoss, aligned_logits, cross_entropy_objective, make_dataloader, train_student
 
 # The embedded budget: about 30 s of distillation on 2 CPU cores. A small training set (the
 # low-data regime) is where soft targets help most.
@@ -336,8 +336,7 @@ def _offline_topk_step(
     divergence = name
 
     def step(model: torch.nn.Module, _teacher: object, batch: dict[str, Tensor], cut: int | None) -> Tensor:
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        student_logits, labels = next_token_view(logits[..., :cut] if cut else logits, batch["labels"])
+        student_logits, labels = aligned_logits(model, batch, vocab_size=cut)
         targets = signals.lookup(batch["example_index"], labels)
         return topk_divergence(
             student_logits,

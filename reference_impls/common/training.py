@@ -343,6 +343,16 @@ def validation_loss(
     return total / max(count, 1)
 
 
+def aligned_logits(
+    net: torch.nn.Module, batch: dict[str, Tensor], prefix: str = "", vocab_size: int | None = None
+) -> tuple[Tensor, Tensor]:
+    """``net``'s logits on the batch's ``{prefix}input_ids`` cut to ``vocab_size`` and aligned with
+    ``{prefix}labels`` (shifted once): ``([B, T-1, V], [B, T-1])``. Gradients as the caller's context."""
+    out = net(input_ids=batch[f"{prefix}input_ids"], attention_mask=batch[f"{prefix}attention_mask"])
+    logits = out.logits if vocab_size is None else out.logits[..., :vocab_size]
+    return next_token_view(logits, batch[f"{prefix}labels"])
+
+
 def _logits_loss(
     model: torch.nn.Module,
     teacher: PreTrainedModel | None,
@@ -351,19 +361,11 @@ def _logits_loss(
     vocab_size: int | None,
 ) -> Tensor:
     """The readable path: full logits of both models, shifted once, into the objective."""
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    student_logits, labels = aligned_logits(model, batch, vocab_size=vocab_size)
     teacher_logits = None
     if teacher is not None:
         with torch.no_grad():
-            teacher_logits = teacher(
-                input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
-            ).logits
-    if vocab_size is not None:
-        logits = logits[..., :vocab_size]
-        teacher_logits = None if teacher_logits is None else teacher_logits[..., :vocab_size]
-    student_logits, labels = next_token_view(logits, batch["labels"])
-    if teacher_logits is not None:
-        teacher_logits = next_token_view(teacher_logits, batch["labels"])[0]
+            teacher_logits = aligned_logits(teacher, batch, vocab_size=vocab_size)[0]
     return objective(student_logits, teacher_logits, labels)
 
 
