@@ -55,7 +55,13 @@ def main() -> None:
     from reference_impls.common.teacher import load_or_train_teacher
     from reference_impls.registry import registered_methods
 
-    methods = args.methods.split(",") if args.methods else sorted(registered_methods())
+    # Black-box pipelines have their own benchmark (benchmarks/blackbox_runs.py).
+    white_box = [
+        m
+        for m, r in registered_methods().items()
+        if not r.module.startswith("reference_impls.instruction_following")
+    ]
+    methods = args.methods.split(",") if args.methods else sorted(white_box)
     rows = [
         measure("teacher build (first use)", 120, lambda: load_or_train_teacher("cpu", progress=False) and "")
     ]

@@ -291,6 +291,20 @@ def run(
             "without a teacher forward pass per step (forward-kl / reverse-kl).",
         ),
     ] = None,
+    teacher_url: Annotated[
+        str | None,
+        typer.Option(
+            help="Black-box methods: an OpenAI-compatible endpoint, e.g. http://127.0.0.1:8765/v1 "
+            "(see `kdatlas serve-teacher`)."
+        ),
+    ] = None,
+    teacher_model: Annotated[
+        str | None, typer.Option(help="Model name sent to --teacher-url (default: kdatlas-embedded-teacher).")
+    ] = None,
+    api_key_env: Annotated[
+        str | None,
+        typer.Option(help="Environment variable holding the endpoint's API key (default: OPENAI_API_KEY)."),
+    ] = None,
     trust_remote_code: Annotated[
         bool, typer.Option(help="Allow custom model code from the hub (off by default).")
     ] = False,
@@ -314,7 +328,15 @@ def run(
     )
     try:
         run_method(
-            method_id, config, out=out, overrides=_parse_overrides(set_ or []), source=source, console=console
+            method_id,
+            config,
+            out=out,
+            overrides=_parse_overrides(set_ or []),
+            source=source,
+            console=console,
+            teacher_url=teacher_url,
+            teacher_model=teacher_model,
+            api_key_env=api_key_env,
         )
     except RunError as error:
         raise _fail(str(error)) from None
@@ -450,7 +472,9 @@ def new(
 def serve_teacher(
     model: Annotated[
         str,
-        typer.Option(help="'embedded' (the tiny teacher, trained on first use) or a local path / hub id."),
+        typer.Option(
+            help="'embedded' (the instruction teacher black-box pipelines use, trained on first use), 'embedded-whitebox' (the white-box methods' teacher) or a local path / hub id."
+        ),
     ] = "embedded",
     host: Annotated[
         str, typer.Option(help="Address to bind (loopback only unless --allow-remote).")

@@ -65,7 +65,8 @@ def build_recipe(method_id: str, overrides: dict[str, str]) -> Any:
     values = {name: _coerce(name, raw, defaults[name]) for name, raw in overrides.items()}
     try:
         recipe = registration.build_recipe(**values)
-        _probe(recipe)
+        if hasattr(recipe, "objective"):  # black-box pipelines have no objective to probe
+            _probe(recipe)
     except ValueError as error:
         raise RunError(f"{method_id}: {error}") from None
     return recipe
@@ -144,13 +145,30 @@ def verdict(metrics: dict[str, dict[str, float]]) -> str:
     ]
     if not scores:
         return ""
-    compared = "; ".join(f"{label} {distilled:.4f} vs {baseline:.4f}" for label, baseline, distilled in scores)
+    compared = "; ".join(
+        f"{label} {distilled:.4f} vs {baseline:.4f}" for label, baseline, distilled in scores
+    )
     better = all(distilled > baseline for _, baseline, distilled in scores)
     worse = all(distilled < baseline for _, baseline, distilled in scores)
     outcome = "better than" if better else "worse than" if worse else "mixed against"
     return (
         "Distances to the teacher are undefined across vocabularies; on the task metrics the "
         f"distilled student is {outcome} the baseline (distilled vs baseline: {compared})."
+    )
+
+
+def pipeline_verdict(metrics: dict[str, dict[str, float]]) -> str:
+    """One honest sentence for a black-box run: exact match of the distilled student against the
+    seed-only baseline, with the teacher for reference."""
+    teacher, baseline, distilled = (
+        metrics[role]["exact_match"] for role in ("teacher", "baseline", "distilled")
+    )
+    outcome = (
+        "better than" if distilled > baseline else "worse than" if distilled < baseline else "level with"
+    )
+    return (
+        f"The distilled student is {outcome} the seed-only baseline in exact match "
+        f"({distilled:.4f} vs {baseline:.4f}; teacher {teacher:.4f})."
     )
 
 
@@ -187,6 +205,55 @@ def write_run_dir(out: Path, result: Any) -> None:
     plot_curves(result.curves, out / "curves.png", f"{result.config.get('method_id', '')} — training loss")
 
 
+_TEACHER_ENDPOINT_OPTIONS = ("teacher_url", "teacher_model", "api_key_env")
+
+
+def _run_pipeline_method(
+    recipe: Any, config: Any, out: Path | None, source: str | None, console: Console, **options: Any
+) -> Any:
+    """Run a black-box pipeline recipe (`reference_impls.blackbox.pipeline`) and write its run
+    directory, with the distilled data as ``data.jsonl``."""
+    from reference_impls.blackbox.pipeline import DEFAULT_STEPS, PipelineConfig, run_pipeline, write_data
+
+    not_applicable = {
+        "--source": source,
+        "--data": config.data,
+        "--sft-steps": config.sft_steps,
+        "--teacher-topk": config.teacher_topk,
+    }
+    given = [flag for flag, value in not_applicable.items() if value is not None]
+    if given:
+        raise RunError(
+            f"{', '.join(given)} do not apply to '{recipe.method_id}': a black-box pipeline generates its "
+            "own data from the teacher's text (use --teacher, --teacher-url, --steps, --seed, --set)"
+        )
+    endpoint = {name: options.pop(name, None) for name in _TEACHER_ENDPOINT_OPTIONS}
+    endpoint = {name: value for name, value in endpoint.items() if value is not None}
+    pipeline_config = PipelineConfig(
+        device=config.device,
+        steps=config.steps if config.steps is not None else DEFAULT_STEPS,
+        seed=config.seed,
+        teacher=config.teacher,
+        student=config.student,
+        progress=config.progress,
+        **endpoint,
+    )
+    import transformers
+
+    transformers.logging.disable_progress_bar()
+    try:
+        result = run_pipeline(recipe, pipeline_config, **options)
+    except (FileNotFoundError, OSError, ValueError) as error:
+        raise RunError(str(error)) from None
+    out = out or default_run_dir(recipe.method_id)
+    write_run_dir(out, result)
+    write_data(out / "data.jsonl", result.data)
+    console.print(comparison_table(recipe.method_id, result.metrics))
+    console.print(pipeline_verdict(result.metrics))
+    console.print(f"[dim]run directory: {out} (config.json, metrics.json, curves.png, data.jsonl)[/]")
+    return result
+
+
 def run_method(
     method_id: str,
     config: Any = None,
@@ -204,10 +271,20 @@ def run_method(
     few-step ``teacher_recipe``). ``source`` replaces the recipe's data source (the second axis),
     e.g. ``"mixed:0.5"``: any token-level objective runs on any source.
     """
+    from reference_impls.blackbox.pipeline import PipelineRecipe
     from reference_impls.common.harness import RunConfig, run_recipe
 
     console = console or Console()
     recipe = build_recipe(method_id, overrides or {})
+    if isinstance(recipe, PipelineRecipe):
+        return _run_pipeline_method(recipe, config or RunConfig(), out, source, console, **harness_options)
+    if any(harness_options.get(name) for name in _TEACHER_ENDPOINT_OPTIONS):
+        raise RunError(
+            f"'{method_id}' trains on the teacher's logits: --teacher-url works with black-box "
+            "methods only (e.g. alpaca, self-instruct); use --teacher PATH for a local model"
+        )
+    for name in _TEACHER_ENDPOINT_OPTIONS:
+        harness_options.pop(name, None)
     if source is not None:
         recipe = with_source(recipe, source)
     # Our own progress bars tell the story; transformers' per-load bars would interleave with them.

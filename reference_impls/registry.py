@@ -18,7 +18,9 @@ from types import MappingProxyType
 from typing import Any
 
 # Modules of this package that hold plumbing, not methods.
-_NOT_METHOD_MODULES = frozenset({"registry", "losses", "common"})
+_NOT_METHOD_MODULES = frozenset({"registry", "losses", "common", "blackbox"})
+# Subpackages whose modules are methods (one module per method).
+_METHOD_PACKAGES = ("instruction_following",)
 
 _REGISTRY: dict[str, MethodRegistration] = {}
 
@@ -59,11 +61,21 @@ def register(method_id: str) -> Callable[[Callable[..., Any]], Callable[..., Any
 def method_modules() -> list[str]:
     """Dotted names of the method modules in this package."""
     package = importlib.import_module("reference_impls")
-    return [
+    names = [
         f"reference_impls.{info.name}"
         for info in pkgutil.iter_modules(package.__path__)
-        if info.name not in _NOT_METHOD_MODULES and not info.name.startswith("_")
+        if info.name not in _NOT_METHOD_MODULES
+        and info.name not in _METHOD_PACKAGES
+        and not info.name.startswith("_")
     ]
+    for subpackage in _METHOD_PACKAGES:
+        path = importlib.import_module(f"reference_impls.{subpackage}").__path__
+        names += [
+            f"reference_impls.{subpackage}.{info.name}"
+            for info in pkgutil.iter_modules(path)
+            if not info.name.startswith("_")
+        ]
+    return names
 
 
 def registered_methods() -> Mapping[str, MethodRegistration]:

@@ -22,20 +22,20 @@ from rich.progress import Progress
 from reference_impls.blackbox.cache import (
     CacheKey,
     CacheWarning,
-    Record,
-    Request,
     ResponseCache,
     TeacherOutputError,
     cache_key,
     canonical_json,
+    request_data,
 )
+from reference_impls.blackbox.requests import Completion, GenerationRequest, TokenLogprob
 
 TEACHER = "local:tiny-teacher@test"
 
 
-def echo(requests: Sequence[Request]) -> list[Record]:
+def echo(requests: Sequence[GenerationRequest]) -> list[Completion]:
     """A deterministic stand-in teacher: the answer is the prompt reversed."""
-    return [Record(r.prompt[::-1], "stop", len(r.prompt), len(r.prompt)) for r in requests]
+    return [Completion(r.prompt[::-1], "stop", len(r.prompt), len(r.prompt)) for r in requests]
 
 
 class CountingTeacher:
@@ -46,7 +46,7 @@ class CountingTeacher:
         self.seen: list[str] = []
         self.fail_after = fail_after
 
-    def __call__(self, requests: list[Request]) -> list[Record]:
+    def __call__(self, requests: list[GenerationRequest]) -> list[Completion]:
         if self.fail_after is not None and self.calls >= self.fail_after:
             raise RuntimeError("connection lost")
         self.calls += 1
@@ -54,8 +54,8 @@ class CountingTeacher:
         return echo(requests)
 
 
-def prompts(n: int) -> list[Request]:
-    return [Request(prompt=f"prompt {i}", max_new_tokens=8) for i in range(n)]
+def prompts(n: int) -> list[GenerationRequest]:
+    return [GenerationRequest(f"prompt {i}", max_new_tokens=8) for i in range(n)]
 
 
 def file_lines(path: Path) -> list[dict]:
@@ -65,54 +65,58 @@ def file_lines(path: Path) -> list[dict]:
 def test_round_trip_survives_reload(tmp_path: Path) -> None:
     path = tmp_path / "sub" / "cache.jsonl"
     cache = ResponseCache(path)
-    key = cache_key(TEACHER, Request(messages=[{"role": "user", "content": "hi\nthere é \u2028"}]))
-    record = Record("réponse\n", "length", 3, 8, logprobs=[{"token": "a", "logprob": -0.5}])
+    key = cache_key(
+        TEACHER, GenerationRequest([{"role": "user", "content": "hi\nthere é \u2028"}], logprobs=1)
+    )
+    record = Completion("réponse\n", "length", 3, 8, logprobs=[TokenLogprob("a", -0.5, (("a", -0.5),))])
     assert key not in cache and cache.get(key) is None
     assert cache.put(key, record) == record
     assert key in cache and key.digest in cache and len(cache) == 1
     again = ResponseCache(path)
     assert again.get(key) == record and again.problems == []
     line = file_lines(path)[0]
-    assert line["teacher"] == TEACHER and line["request"]["messages"][0]["role"] == "user"
+    assert line["teacher"] == TEACHER and line["request"]["prompt"][0]["role"] == "user"
 
 
 def test_keys_differ_by_every_sampling_parameter_and_teacher() -> None:
-    base = Request(prompt="p", max_new_tokens=8, temperature=0.7, top_p=0.9, seed=1, sample_index=0)
+    def request(**changes: object) -> GenerationRequest:
+        fields = {"prompt": "p", "max_new_tokens": 8, "temperature": 0.7, "top_p": 0.9, "seed": 1, **changes}
+        return GenerationRequest(**fields)
+
     variants = [
-        base,
-        Request(prompt="q", max_new_tokens=8, temperature=0.7, top_p=0.9, seed=1),
-        Request(
-            messages=[{"role": "user", "content": "p"}], max_new_tokens=8, temperature=0.7, top_p=0.9, seed=1
-        ),
-        Request(prompt="p", max_new_tokens=9, temperature=0.7, top_p=0.9, seed=1),
-        Request(prompt="p", max_new_tokens=8, temperature=0.8, top_p=0.9, seed=1),
-        Request(prompt="p", max_new_tokens=8, temperature=0.7, top_p=0.95, seed=1),
-        Request(prompt="p", max_new_tokens=8, temperature=0.7, top_p=0.9, seed=2),
-        Request(prompt="p", max_new_tokens=8, temperature=0.7, top_p=0.9, seed=None),
-        Request(prompt="p", max_new_tokens=8, temperature=0.7, top_p=0.9, seed=1, sample_index=1),
-        Request(prompt="p", max_new_tokens=8, temperature=0.7, top_p=0.9, seed=1, stop=["\n"]),
+        (request(), 0),
+        (request(prompt="q"), 0),
+        (request(prompt=[{"role": "user", "content": "p"}]), 0),
+        (request(max_new_tokens=9), 0),
+        (request(temperature=0.8), 0),
+        (request(top_p=0.95), 0),
+        (request(seed=2), 0),
+        (request(seed=None), 0),
+        (request(), 1),  # another sample of the same request
+        (request(stop=["\n"]), 0),
+        (request(logprobs=2), 0),
     ]
-    digests = [cache_key(TEACHER, r).digest for r in variants]
-    digests.append(cache_key("local:other-teacher", base).digest)
+    digests = [cache_key(TEACHER, r, index).digest for r, index in variants]
+    digests.append(cache_key("local:other-teacher", request()).digest)
     assert len(set(digests)) == len(digests)
 
 
 def test_keys_are_canonical() -> None:
-    one = cache_key(TEACHER, Request(prompt="p", temperature=1, top_p=1))
-    assert one == cache_key(TEACHER, Request(prompt="p", temperature=1.0, top_p=1.0))
-    assert one == cache_key(TEACHER, one_dict := Request(prompt="p", temperature=1.0).to_dict())
-    assert Request.from_dict(one_dict) == Request(prompt="p", temperature=1.0)
+    one = cache_key(TEACHER, GenerationRequest("p", temperature=1, top_p=1))
+    assert one == cache_key(TEACHER, GenerationRequest("p", temperature=1.0, top_p=1.0))
+    stored = request_data(GenerationRequest("p", temperature=1.0))
+    assert one == cache_key(TEACHER, stored) and stored["sample_index"] == 0 and "n" not in stored
     chat = [{"role": "user", "content": "x"}]
-    assert cache_key(TEACHER, Request(messages=chat)) == cache_key(
-        TEACHER, Request(messages=[{"content": "x", "role": "user"}])
+    assert cache_key(TEACHER, GenerationRequest(chat)) == cache_key(
+        TEACHER, GenerationRequest([{"content": "x", "role": "user"}])
     )
     assert canonical_json({"b": -0.0, "a": [1.0, 0.25]}) == '{"a":[1,0.25],"b":0}'
     with pytest.raises(ValueError, match="finite"):
         canonical_json({"t": float("nan")})
-    with pytest.raises(ValueError, match="exactly one"):
-        Request(prompt="p", messages=chat)
+    with pytest.raises(ValueError, match="one sample"):
+        cache_key(TEACHER, GenerationRequest("p", n=2))
     with pytest.raises(ValueError, match="non-empty"):
-        cache_key("", Request(prompt="p"))
+        cache_key("", GenerationRequest("p"))
 
 
 def test_generate_cached_rerun_makes_no_calls(tmp_path: Path) -> None:
@@ -169,11 +173,11 @@ def test_kill_mid_write_loses_only_the_line_in_flight(tmp_path: Path) -> None:
     with pytest.warns(CacheWarning, match=r"c\.jsonl:4: incomplete last line"):
         reloaded = ResponseCache(path)
     assert len(reloaded) == 3 and [p.line for p in reloaded.problems] == [4]
-    new_key = cache_key(TEACHER, Request(prompt="after the crash"))
-    reloaded.put(new_key, Record("ok"))
+    new_key = cache_key(TEACHER, GenerationRequest("after the crash"))
+    reloaded.put(new_key, Completion("ok"))
     assert len(file_lines(path)) == 4  # every line parses: the fragment was cut off
     clean = ResponseCache(path)
-    assert clean.problems == [] and len(clean) == 4 and clean.get(new_key) == Record("ok")
+    assert clean.problems == [] and len(clean) == 4 and clean.get(new_key) == Completion("ok")
 
 
 def test_corrupt_middle_line_is_reported_and_kept(tmp_path: Path) -> None:
@@ -200,15 +204,15 @@ def test_corrupt_middle_line_is_reported_and_kept(tmp_path: Path) -> None:
 
 def test_duplicate_keys_keep_the_first(tmp_path: Path) -> None:
     path = tmp_path / "c.jsonl"
-    key = cache_key(TEACHER, Request(prompt="p"))
+    key = cache_key(TEACHER, GenerationRequest("p"))
     cache = ResponseCache(path)
-    assert cache.put(key, Record("first")) == Record("first")
-    assert cache.put(key, Record("second")) == Record("first")  # first write wins, nothing appended
+    assert cache.put(key, Completion("first")) == Completion("first")
+    assert cache.put(key, Completion("second")) == Completion("first")  # first write wins, nothing appended
     assert len(file_lines(path)) == 1
     duplicate = path.read_bytes().replace(b"first", b"later")
     with path.open("ab") as handle:  # a duplicate written by a writer without the lock
         handle.write(duplicate)
-    assert ResponseCache(path).get(key) == Record("first")
+    assert ResponseCache(path).get(key) == Completion("first")
 
 
 def test_two_threads_append_without_duplicates(tmp_path: Path) -> None:
@@ -217,8 +221,8 @@ def test_two_threads_append_without_duplicates(tmp_path: Path) -> None:
     requests = prompts(40)
     calls: list[int] = []
 
-    def worker(cache: ResponseCache, order: list[Request]) -> None:
-        def teacher(batch: list[Request]) -> list[Record]:
+    def worker(cache: ResponseCache, order: list[GenerationRequest]) -> None:
+        def teacher(batch: list[GenerationRequest]) -> list[Completion]:
             calls.append(len(batch))
             time.sleep(0.001)
             return echo(batch)
@@ -244,7 +248,7 @@ def _process_worker(path: str, start: int, barrier: object) -> None:
     cache = ResponseCache(path)
     barrier.wait()  # both processes write at the same time
     for i in range(start, start + 150):
-        cache.put(cache_key(TEACHER, Request(prompt=f"p{i}")), Record(f"from {start}"))
+        cache.put(cache_key(TEACHER, GenerationRequest(f"p{i}")), Completion(f"from {start}"))
 
 
 def test_two_processes_append_without_duplicates(tmp_path: Path) -> None:
@@ -261,17 +265,18 @@ def test_two_processes_append_without_duplicates(tmp_path: Path) -> None:
     assert len(keys) == len(set(keys)) == 200
     cache = ResponseCache(path)
     assert cache.problems == [] and len(cache) == 200
-    writers = {cache.get(cache_key(TEACHER, Request(prompt=f"p{i}"))).text for i in range(50, 150)}
+    writers = {cache.get(cache_key(TEACHER, GenerationRequest(f"p{i}"))).text for i in range(50, 150)}
     assert writers <= {"from 0", "from 50"}
 
 
 _KILLED_WRITER = """
 import sys
-from reference_impls.blackbox.cache import Record, Request, ResponseCache, cache_key
+from reference_impls.blackbox.cache import ResponseCache, cache_key
+from reference_impls.blackbox.requests import Completion, GenerationRequest
 cache = ResponseCache(sys.argv[1])
 i = 0
 while True:
-    cache.put(cache_key("t", Request(prompt=f"p{i}")), Record("x" * 5000))
+    cache.put(cache_key("t", GenerationRequest(f"p{i}")), Completion("x" * 5000))
     i += 1
 """
 
@@ -291,19 +296,19 @@ def test_real_kill_leaves_a_loadable_cache(tmp_path: Path) -> None:
     assert all(p.reason.startswith("incomplete last line") for p in cache.problems)  # at most the tail
     survivors = len(cache)
     assert survivors >= 30
-    cache.put(cache_key("t", Request(prompt="after")), Record("y"))
+    cache.put(cache_key("t", GenerationRequest("after")), Completion("y"))
     assert len(file_lines(path)) == survivors + 1 and ResponseCache(path).problems == []
 
 
 def test_empty_and_truncated_output_is_stored_as_it_came(tmp_path: Path) -> None:
-    class Completion:  # another backend's completion type: duck-typed on .text
+    class OtherCompletion:  # another backend's completion type: duck-typed on .text
         def __init__(self, text: str | None, finish_reason: str) -> None:
             self.text, self.finish_reason = text, finish_reason
             self.prompt_tokens, self.completion_tokens = 2, 0
 
-    def teacher(batch: list[Request]) -> list[object]:
+    def teacher(batch: list[GenerationRequest]) -> list[object]:
         return [
-            Completion("", "stop"),
+            OtherCompletion("", "stop"),
             {"text": "cut off mid-sen", "finish_reason": "length", "completion_tokens": 8},
             {"text": None, "finish_reason": "content_filter"},
         ][: len(batch)]
@@ -312,9 +317,9 @@ def test_empty_and_truncated_output_is_stored_as_it_came(tmp_path: Path) -> None
         teacher, prompts(3), identity=TEACHER, batch_size=3, progress=False
     )
     assert records == [
-        Record("", "stop", 2, 0),
-        Record("cut off mid-sen", "length", None, 8),
-        Record("", "content_filter"),
+        Completion("", "stop", 2, 0),
+        Completion("cut off mid-sen", "length", None, 8),
+        Completion("", "content_filter"),
     ]
     assert (
         ResponseCache(tmp_path / "c.jsonl").generate_cached(
@@ -328,12 +333,15 @@ def test_empty_and_truncated_output_is_stored_as_it_came(tmp_path: Path) -> None
     ("output", "message"),
     [
         (lambda batch: echo(batch)[:-1], "returned 2 records for 3 requests"),
-        (lambda batch: [*echo(batch), Record("extra")], "returned 4 records for 3 requests"),
+        (lambda batch: [*echo(batch), Completion("extra")], "returned 4 records for 3 requests"),
         (lambda batch: "one string", "returned a str"),
         (lambda batch: None, "returned a NoneType"),
-        (lambda batch: [Record("a"), 42, Record("c")], "record 1 of the batch is malformed"),
-        (lambda batch: [Record("a"), {"text": 7}, Record("c")], "record 1 of the batch is malformed"),
-        (lambda batch: [Record("a"), {"text": "b", "prompt_tokens": -1}, Record("c")], "prompt_tokens"),
+        (lambda batch: [Completion("a"), 42, Completion("c")], "record 1 of the batch is malformed"),
+        (lambda batch: [Completion("a"), {"text": 7}, Completion("c")], "record 1 of the batch is malformed"),
+        (
+            lambda batch: [Completion("a"), {"text": "b", "prompt_tokens": -1}, Completion("c")],
+            "prompt_tokens",
+        ),
     ],
 )
 def test_malformed_generator_output_raises_and_writes_nothing(tmp_path: Path, output, message: str) -> None:
@@ -378,8 +386,8 @@ def _recording_init(console: Console):
 
 def test_cache_key_objects_and_digests_are_interchangeable(tmp_path: Path) -> None:
     cache = ResponseCache(tmp_path / "c.jsonl")
-    key = cache_key(TEACHER, Request(prompt="p"))
+    key = cache_key(TEACHER, GenerationRequest("p"))
     assert isinstance(key, CacheKey) and len(key.digest) == 64
-    cache.put(key.digest, Record("by digest"))
-    assert cache.get(key) == Record("by digest") and "teacher" not in file_lines(tmp_path / "c.jsonl")[0]
+    cache.put(key.digest, Completion("by digest"))
+    assert cache.get(key) == Completion("by digest") and "teacher" not in file_lines(tmp_path / "c.jsonl")[0]
     assert 3 not in cache

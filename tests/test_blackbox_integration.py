@@ -7,9 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from reference_impls.blackbox.cache import Record, Request, ResponseCache
+from reference_impls.blackbox.cache import ResponseCache
+from reference_impls.blackbox.http_teacher import OpenAICompatibleTeacher
+from reference_impls.blackbox.requests import GenerationRequest
 from reference_impls.blackbox.server import serve_in_thread
-from reference_impls.blackbox.teacher import GenerationRequest, LocalTeacher, OpenAICompatibleTeacher
+from reference_impls.blackbox.teacher import LocalTeacher
 from reference_impls.common.models import build_decoder, build_student_config
 from reference_impls.common.tokenizer import build_tokenizer
 
@@ -29,13 +31,8 @@ def test_cached_generation_over_http_matches_the_local_model_and_resumes(
     base_url, model, tokenizer = served
     teacher = OpenAICompatibleTeacher(base_url, "tiny", api_key_env="KDATLAS_TEST_NO_KEY")
     prompts = ["copy: abc", "rev: hello", "sort: dbca", "up: xy"]
-    requests = [Request(prompt=p, max_new_tokens=8) for p in prompts]
-
-    def generate(batch: list[Request]) -> list[Record]:
-        completions = teacher.generate(
-            [GenerationRequest(prompt=r.prompt, max_new_tokens=r.max_new_tokens) for r in batch]
-        )
-        return [Record.coerce(c) for c in completions]
+    requests = [GenerationRequest(prompt=p, max_new_tokens=8) for p in prompts]
+    generate = teacher.generate
 
     cache = ResponseCache(tmp_path / "responses.jsonl")
     records = cache.generate_cached(
@@ -77,8 +74,15 @@ def test_cached_generate_answers_like_the_teacher_and_caches_each_sample(tmp_pat
     first = cached_generate(teacher, requests, path, progress=False)
     assert [c.index for c in first] == [0, 0, 1, 2, 0]
     assert first[0].text == generate([requests[0]])[0].text
+    # Samples cached one by one are the samples of the n=3 request (seeds seed + i both ways).
+    assert [c.text for c in first[1:4]] == [c.text for c in generate([requests[1]])]
     assert sum(calls) == 5
     again = cached_generate(teacher, requests, path, progress=False)
     assert [c.text for c in again] == [c.text for c in first] and sum(calls) == 5
-    with pytest.raises(ValueError, match="log-probs"):
-        cached_generate(teacher, [GenerationRequest(prompt="x", logprobs=2)], path, progress=False)
+    # Log-probs are part of the key and stored with the text.
+    (with_logprobs,) = cached_generate(
+        teacher, [GenerationRequest(prompt="x", logprobs=2)], path, progress=False
+    )
+    assert with_logprobs.logprobs and len(with_logprobs.logprobs[0].top_logprobs) == 2
+    (cached,) = cached_generate(teacher, [GenerationRequest(prompt="x", logprobs=2)], path, progress=False)
+    assert cached == with_logprobs and sum(calls) == 6

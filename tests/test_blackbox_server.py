@@ -93,8 +93,10 @@ def test_usage_counts_prompt_and_completion_tokens(base_url: str, tiny: tuple[An
     _, tokenizer = tiny
     status, body = complete(base_url, prompt="copy xyz", max_tokens=5, temperature=0, n=3)
     assert status == 200 and len(body["choices"]) == 3
+    # Text tokens, plus the EOS that ended a "stop" choice (billed, as vLLM does).
     completion = sum(
-        len(tokenizer(c["text"], add_special_tokens=False)["input_ids"]) for c in body["choices"]
+        len(tokenizer(c["text"], add_special_tokens=False)["input_ids"]) + (c["finish_reason"] == "stop")
+        for c in body["choices"]
     )
     prompt_tokens = len(encode_prompt(tokenizer, "copy xyz"))  # BOS included
     assert body["usage"] == {
@@ -127,7 +129,7 @@ def test_chat_template_prefixes_system_and_earlier_turns() -> None:
         {"role": "assistant", "content": "ba"},
         {"role": "user", "content": [{"type": "text", "text": "rev "}, {"type": "text", "text": "cd"}]},
     ]
-    assert render_chat_prompt(messages) == "be brief\nrev ab\nba\nrev cd"
+    assert render_chat_prompt(messages) == "be brief\nrev abba\nrev cd"
     assert render_chat_prompt([{"role": "user", "content": "sort dcba"}]) == "sort dcba"
 
 

@@ -11,23 +11,23 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
 import torch
 
-from reference_impls.blackbox.teacher import (
-    ChatMessage,
-    Completion,
-    GenerationRequest,
-    LocalTeacher,
+from reference_impls.blackbox.http_teacher import (
     OpenAICompatibleTeacher,
     TeacherAPIError,
     TeacherResponseError,
 )
+from reference_impls.blackbox.requests import ChatMessage, Completion, GenerationRequest
+from reference_impls.blackbox.teacher import LocalTeacher
 from reference_impls.common.generation import generate_responses
 from reference_impls.common.models import build_decoder, build_student_config
+from reference_impls.common.sampling import nucleus
 from reference_impls.common.tasks import make_split
 from reference_impls.common.teacher import QUICK_RECIPE
 from reference_impls.common.tokenizer import build_tokenizer, encode_prompt
@@ -90,15 +90,17 @@ class FakeServer:
                     server.received.append({"path": self.path, "headers": dict(self.headers), "body": body})
                     time.sleep(server.delay)
                     status, headers, raw = server._answer(self.path, body)
-                    self.send_response(status)
-                    for name, value in {"Content-Type": "application/json", **headers}.items():
-                        self.send_header(name, value)
-                    self.send_header("Content-Length", str(len(raw)))
-                    self.end_headers()
-                    self.wfile.write(raw)
                 finally:
+                    # Done before the answer is sent: once the client has it, it may start the
+                    # next request, which must not find this one still counted (a race under load).
                     with server.lock:
                         server.active -= 1
+                self.send_response(status)
+                for name, value in {"Content-Type": "application/json", **headers}.items():
+                    self.send_header(name, value)
+                self.send_header("Content-Length", str(len(raw)))
+                self.end_headers()
+                self.wfile.write(raw)
 
             def log_message(self, *args: Any) -> None:  # keep test output quiet
                 pass
@@ -343,6 +345,26 @@ def test_sampling_is_reproducible_per_request(tiny: LocalTeacher) -> None:
     assert texts(8, PROMPTS) != first
 
 
+def test_batched_samples_equal_their_single_seeded_requests(tiny: LocalTeacher) -> None:
+    # Sample k of a request seeded s is the sample of the single request seeded s + k, whatever
+    # else shares the batch: what lets a cache store samples one by one.
+    many = GenerationRequest(PROMPTS[0], max_new_tokens=8, temperature=1.0, seed=5, n=3)
+    together = [c.text for c in tiny.generate([many, *[replace(many, prompt=p, n=1) for p in PROMPTS[1:]]])][
+        :3
+    ]
+    alone = [c.text for c in tiny.generate([replace(many, n=1, seed=5 + k) for k in range(3)])]
+    assert together == alone
+    assert len(set(alone)) > 1  # different seeds, different samples (at temperature 1)
+
+
+def test_nucleus_keeps_the_smallest_set_reaching_top_p() -> None:
+    probs = torch.tensor([[0.5, 0.3, 0.15, 0.05], [0.9, 0.05, 0.03, 0.02]])
+    kept = nucleus(probs, 0.8)
+    assert torch.allclose(kept[0], torch.tensor([0.625, 0.375, 0.0, 0.0]))
+    assert torch.allclose(kept[1], torch.tensor([1.0, 0.0, 0.0, 0.0]))
+    assert torch.equal(nucleus(probs, 1.0), probs / probs.sum(-1, keepdim=True))
+
+
 def test_n_samples_and_mixed_order(tiny: LocalTeacher) -> None:
     greedy = GenerationRequest(PROMPTS[0], max_new_tokens=6, n=2)
     sampled = GenerationRequest(PROMPTS[1], max_new_tokens=6, n=3, temperature=1.0, seed=0)
@@ -413,10 +435,19 @@ def test_chat_prompt_without_template(tiny: LocalTeacher) -> None:
         ]
     )
     assert chat == plain
-    multi = GenerationRequest([ChatMessage("system", "be brief"), ChatMessage("user", "hi")])
+    # The instruction suite's plain conversation format: system line, turns (instruction +
+    # reply) one per line, the last user message ends the prompt.
+    multi = GenerationRequest(
+        [
+            ChatMessage("system", "explain"),
+            ChatMessage("user", "up: ab ="),
+            ChatMessage("assistant", "AB"),
+            ChatMessage("user", "rev: abc ="),
+        ]
+    )
     assert (
         tiny.tokenizer.decode(tiny.prompt_ids(multi), skip_special_tokens=True)
-        == "system: be brief\nuser: hi\nassistant: "
+        == "explain\nup: ab =AB\nrev: abc ="
     )
 
 

@@ -6,7 +6,7 @@ it, so a rerun makes no repeated calls and an interrupted run resumes where it s
 
 ```python
 cache = ResponseCache("runs/alpaca/teacher.jsonl")
-records = cache.generate_cached(backend_generate, requests, identity="openai:http://127.0.0.1:8000/v1:tiny")
+completions = cache.generate_cached(teacher.generate, requests, identity=teacher.identity())
 ```
 
 ## Keys
@@ -14,10 +14,11 @@ records = cache.generate_cached(backend_generate, requests, identity="openai:htt
 A completion is a function of the teacher and the request, so `cache_key(identity, request)` is
 the SHA-256 of the canonical JSON of
 
-    {"v": 1, "teacher": identity,
-     "request": {prompt | messages, max_new_tokens, temperature, top_p, seed, sample_index, stop}}
+    {"v": 2, "teacher": identity,
+     "request": {prompt, max_new_tokens, temperature, top_p, seed, stop, logprobs, sample_index}}
 
-(sorted keys, no spaces, ASCII; an integral float is written as an integer so `temperature=1` and
+where ``request`` is a single-sample `GenerationRequest` without its ``n`` (``prompt`` is a string
+or a list of ``{"role", "content"}`` messages). (Sorted keys, no spaces, ASCII; an integral float is written as an integer so `temperature=1` and
 `temperature=1.0` give one key; NaN and infinity are refused). Every sampling parameter is part of
 the key, and so is `sample_index`, which tells apart several samples drawn for one prompt (the
 `n` of an API). ``identity`` must name the model *and* where it is served (a local path, a hub id
@@ -26,8 +27,9 @@ must never contain an API key.
 
 ## The file
 
-One JSON object per line, ``{"v": 1, "key": <sha256>, "teacher": ..., "request": ...,
-"record": {"text", "finish_reason", "prompt_tokens", "completion_tokens", "logprobs"}}``. What can
+One JSON object per line, ``{"v": 2, "key": <sha256>, "teacher": ..., "request": ...,
+"record": {"text", "finish_reason", "prompt_tokens", "completion_tokens", "logprobs"}}`` (the
+record is a `Completion` without its positional ``index``). What can
 go wrong, and what the cache does about it:
 
 | event | handling |
@@ -49,18 +51,20 @@ import os
 import threading
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import IO, Any
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from .requests import Completion, GenerationRequest
 
 try:
     import fcntl
 except ImportError:  # pragma: no cover - Windows has no flock; threads are still serialised.
     fcntl = None  # type: ignore[assignment]
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: requests are GenerationRequest dicts (with logprobs), records Completion dicts
 
 
 class CacheWarning(UserWarning):
@@ -69,150 +73,6 @@ class CacheWarning(UserWarning):
 
 class TeacherOutputError(ValueError):
     """The teacher's generate function returned something that is not one record per request."""
-
-
-@dataclass(frozen=True)
-class Request:
-    """One generation request, as the cache keys it.
-
-    Exactly one of ``prompt`` (plain text) and ``messages`` (chat turns) is set. Backends convert
-    it to their own request type field by field.
-
-    Attributes:
-        prompt: The prompt text of a completion request.
-        messages: Chat turns ``[{"role": "user", "content": "..."}, ...]`` of a chat request.
-        max_new_tokens: Upper bound on completion tokens.
-        temperature: Sampling temperature (0: greedy).
-        top_p: Nucleus-sampling mass, in ``(0, 1]``.
-        seed: Sampling seed; ``None`` when the backend picks one (the key still records ``None``).
-        sample_index: Which of several samples for the same prompt and seed this is (0, 1, ...).
-        stop: Stop strings.
-    """
-
-    prompt: str | None = None
-    messages: list[dict[str, str]] | None = None
-    max_new_tokens: int = 128
-    temperature: float = 0.0
-    top_p: float = 1.0
-    seed: int | None = None
-    sample_index: int = 0
-    stop: list[str] = field(default_factory=list)
-
-    def __post_init__(self) -> None:
-        if (self.prompt is None) == (self.messages is None):
-            raise ValueError("a Request needs exactly one of prompt= (text) or messages= (chat turns)")
-        if self.prompt is not None and not isinstance(self.prompt, str):
-            raise TypeError(f"prompt must be a string, got {type(self.prompt).__name__}")
-        for turn in self.messages or []:
-            if not (isinstance(turn, Mapping) and isinstance(turn.get("role"), str)):
-                raise ValueError(f"each chat message needs a string 'role' and 'content', got {turn!r}")
-            if not isinstance(turn.get("content"), str):
-                raise ValueError(f"each chat message needs a string 'role' and 'content', got {turn!r}")
-        if not _is_int(self.max_new_tokens) or self.max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be a positive integer, got {self.max_new_tokens!r}")
-        if not _is_int(self.sample_index) or self.sample_index < 0:
-            raise ValueError(f"sample_index must be an integer >= 0, got {self.sample_index!r}")
-        if self.seed is not None and not _is_int(self.seed):
-            raise ValueError(f"seed must be an integer or None, got {self.seed!r}")
-        if not 0 <= self.temperature < math.inf:
-            raise ValueError(f"temperature must be finite and >= 0, got {self.temperature!r}")
-        if not 0 < self.top_p <= 1:
-            raise ValueError(f"top_p must be in (0, 1], got {self.top_p!r}")
-        if isinstance(self.stop, str) or not all(isinstance(s, str) for s in self.stop):
-            raise ValueError(f"stop must be a list of strings, got {self.stop!r}")
-
-    def to_dict(self) -> dict[str, Any]:
-        """The request as plain JSON data (the part of the cache key that describes the request)."""
-        return {
-            "prompt": self.prompt,
-            "messages": None if self.messages is None else [dict(turn) for turn in self.messages],
-            "max_new_tokens": self.max_new_tokens,
-            "temperature": self.temperature,
-            "top_p": self.top_p,
-            "seed": self.seed,
-            "sample_index": self.sample_index,
-            "stop": list(self.stop),
-        }
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> Request:
-        """Build a request from `to_dict` output (unknown fields are an error: they would change the key)."""
-        unknown = set(data) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise ValueError(f"unknown Request fields {sorted(unknown)}")
-        return cls(**data)
-
-
-@dataclass(frozen=True)
-class Record:
-    """One teacher completion, stored as it came back (empty and cut-off texts included).
-
-    Attributes:
-        text: The completion text (``""`` when the teacher returned nothing).
-        finish_reason: Why generation stopped, as the backend says (``"stop"``, ``"length"``, ...).
-        prompt_tokens: Prompt tokens billed, ``None`` when the backend does not report usage.
-        completion_tokens: Completion tokens billed, ``None`` when unknown.
-        logprobs: The backend's log-probs (e.g. top-k per token) as JSON data, or ``None``.
-    """
-
-    text: str
-    finish_reason: str | None = None
-    prompt_tokens: int | None = None
-    completion_tokens: int | None = None
-    logprobs: Any = None
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.text, str):
-            raise TypeError(f"text must be a string, got {type(self.text).__name__}")
-        if self.finish_reason is not None and not isinstance(self.finish_reason, str):
-            raise TypeError(f"finish_reason must be a string or None, got {self.finish_reason!r}")
-        for name in ("prompt_tokens", "completion_tokens"):
-            count = getattr(self, name)
-            if count is not None and (not _is_int(count) or count < 0):
-                raise ValueError(f"{name} must be an integer >= 0 or None, got {count!r}")
-        if self.logprobs is not None:
-            try:
-                json.dumps(self.logprobs)
-            except (TypeError, ValueError) as error:
-                raise TypeError(f"logprobs must be JSON data (lists, dicts, numbers): {error}") from None
-
-    def to_dict(self) -> dict[str, Any]:
-        """The record as plain JSON data."""
-        return {
-            "text": self.text,
-            "finish_reason": self.finish_reason,
-            "prompt_tokens": self.prompt_tokens,
-            "completion_tokens": self.completion_tokens,
-            "logprobs": self.logprobs,
-        }
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> Record:
-        """Build a record from `to_dict` output; unknown fields are ignored (newer writers)."""
-        if "text" not in data:
-            raise ValueError("a record needs a 'text' field")
-        return cls(**{name: data[name] for name in cls.__dataclass_fields__ if name in data})
-
-    @classmethod
-    def coerce(cls, value: object) -> Record:
-        """Accept what a backend returns: a `Record`, a mapping, or any object with a ``.text``.
-
-        A missing text (``None``, as in an API's ``"content": null``) becomes ``""``; anything
-        else that is not a string is an error.
-        """
-        if isinstance(value, Record):
-            return value
-        if isinstance(value, Mapping):
-            fields = dict(value)
-        elif hasattr(value, "text"):
-            fields = {name: getattr(value, name, None) for name in cls.__dataclass_fields__}
-        else:
-            raise TypeError(
-                f"expected a Record, a mapping or an object with a .text attribute, got {type(value).__name__}"
-            )
-        if fields.get("text") is None:
-            fields["text"] = ""
-        return cls.from_dict(fields)
 
 
 @dataclass(frozen=True)
@@ -243,18 +103,45 @@ def canonical_json(value: Any) -> str:
     return json.dumps(_normalise(value), sort_keys=True, separators=(",", ":"), allow_nan=False)
 
 
-def cache_key(identity: str, request: Request | Mapping[str, Any]) -> CacheKey:
-    """The key of a request to a teacher: SHA-256 of the canonical JSON of both.
+def request_data(request: GenerationRequest, sample_index: int = 0) -> dict[str, Any]:
+    """The part of a cache key that describes one sample of a request: every field of
+    `GenerationRequest.to_dict` except ``n`` (a cache entry is one sample), plus ``sample_index``.
+
+    Raises:
+        ValueError: ``request.n`` is not 1, or ``sample_index`` is negative.
+    """
+    if request.n != 1:
+        raise ValueError(
+            f"a cache entry is one sample: split a request with n={request.n} into n requests with "
+            "sample_index 0..n-1 (reference_impls.blackbox.access.cached_generate does this)"
+        )
+    if not isinstance(sample_index, int) or isinstance(sample_index, bool) or sample_index < 0:
+        raise ValueError(f"sample_index must be an integer >= 0, got {sample_index!r}")
+    data = request.to_dict()
+    del data["n"]
+    return {**data, "sample_index": sample_index}
+
+
+def cache_key(
+    identity: str, request: GenerationRequest | Mapping[str, Any], sample_index: int = 0
+) -> CacheKey:
+    """The key of one sample of a request to a teacher: SHA-256 of the canonical JSON of both.
 
     Args:
         identity: Names the teacher model and where it is served; never an API key.
-        request: A `Request` or its `Request.to_dict` form.
+        request: A single-sample `GenerationRequest`, or its `request_data` form (as stored in
+            the file; it carries its own ``sample_index``).
+        sample_index: Which of several samples of the same request this is.
     """
     if not isinstance(identity, str) or not identity:
         raise ValueError("the teacher identity must be a non-empty string (model and where it is served)")
-    if not isinstance(request, Request):
-        request = Request.from_dict(request)
-    request_json = canonical_json(request.to_dict())
+    if isinstance(request, GenerationRequest):
+        data = request_data(request, sample_index)
+    else:
+        data = dict(request)
+        index = data.pop("sample_index", 0)
+        data = request_data(GenerationRequest.from_dict({**data, "n": 1}), index)
+    request_json = canonical_json(data)
     material = f'{{"request":{request_json},"teacher":{json.dumps(identity)},"v":{FORMAT_VERSION}}}'
     return CacheKey(hashlib.sha256(material.encode("ascii")).hexdigest(), identity, request_json)
 
@@ -273,7 +160,7 @@ class CacheProblem:
 
 
 Key = CacheKey | str
-TeacherGenerate = Callable[[list[Request]], Sequence[Record]]
+TeacherGenerate = Callable[[list[GenerationRequest]], Sequence[object]]
 
 
 class ResponseCache:
@@ -285,13 +172,15 @@ class ResponseCache:
     Attributes:
         path: The cache file.
         problems: Lines skipped while reading the file (also issued as `CacheWarning`).
+        older_format_lines: Lines of an older format version, ignored (one warning per file).
     """
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
         self.problems: list[CacheProblem] = []
+        self.older_format_lines = 0
         self._lock = threading.RLock()
-        self._records: dict[str, Record] = {}
+        self._records: dict[str, Completion] = {}
         self._offset = 0  # bytes of the file read so far: always the end of a complete line
         self._lines = 0  # complete lines read so far
         self._file_id: tuple[int, int] | None = None
@@ -309,8 +198,8 @@ class ResponseCache:
     def __contains__(self, key: object) -> bool:
         return isinstance(key, (CacheKey, str)) and self.get(key) is not None
 
-    def get(self, key: Key) -> Record | None:
-        """The cached record for ``key`` (a `CacheKey` or its digest), or ``None``.
+    def get(self, key: Key) -> Completion | None:
+        """The cached completion for ``key`` (a `CacheKey` or its digest), or ``None``.
 
         A miss rereads the file's new lines first, so records other processes wrote are found.
         """
@@ -320,25 +209,26 @@ class ResponseCache:
                 self.refresh()
             return self._records.get(digest)
 
-    def put(self, key: Key, record: object) -> Record:
-        """Append one record (fsynced) unless the key is present; first write wins.
+    def put(self, key: Key, record: object) -> Completion:
+        """Append one completion (fsynced) unless the key is present; first write wins.
 
         Args:
             key: A `CacheKey` (the line then records teacher and request) or a digest.
-            record: A `Record`, or anything `Record.coerce` accepts.
+            record: A `Completion`, or anything `Completion.coerce` accepts.
 
         Returns:
             The record now cached for ``key``: the earlier one when the key was already present.
         """
         return self.put_many([(key, record)])[0]
 
-    def put_many(self, items: Iterable[tuple[Key, object]]) -> list[Record]:
+    def put_many(self, items: Iterable[tuple[Key, object]]) -> list[Completion]:
         """Append several records with one lock, one write and one fsync; first write wins.
 
         Returns:
             The record now cached for each key, in order.
         """
-        pairs = [(key, Record.coerce(record)) for key, record in items]
+        # The sample index is positional, not part of what is stored.
+        pairs = [(key, replace(Completion.coerce(record), index=0)) for key, record in items]
         with self._lock:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             with open(self.path, "ab+", buffering=0) as handle, _file_lock(handle, exclusive=True):
@@ -346,7 +236,7 @@ class ResponseCache:
                     # Writers hold the lock, so bytes after the last newline are a line whose
                     # writer died mid-write: cut them off, or our first line would be glued to them.
                     os.ftruncate(handle.fileno(), self._offset)
-                fresh: dict[str, Record] = {}
+                fresh: dict[str, Completion] = {}
                 lines: list[bytes] = []
                 for key, record in pairs:
                     digest = _digest(key)
@@ -380,41 +270,48 @@ class ResponseCache:
     def generate_cached(
         self,
         teacher_generate: TeacherGenerate,
-        requests: Sequence[Request],
+        requests: Sequence[GenerationRequest],
         *,
         identity: str,
+        sample_indices: Sequence[int] | None = None,
         batch_size: int = 16,
         progress: bool | Progress = True,
         description: str = "teacher generation",
-    ) -> list[Record]:
-        """One record per request, generating only those not cached yet.
+    ) -> list[Completion]:
+        """One completion per request, generating only those not cached yet.
 
         Missing requests (each distinct key once) go to ``teacher_generate`` in batches, in order;
-        each batch's records are appended and fsynced as soon as they come back, so an interrupted
-        run loses at most the batch in flight and a rerun resumes after the last cached one.
+        each batch's completions are appended and fsynced as soon as they come back, so an
+        interrupted run loses at most the batch in flight and a rerun resumes after the last
+        cached one.
 
         Args:
-            teacher_generate: Takes a list of requests and returns one record per request, in
-                order (`Record`, mapping, or an object with ``.text`` such as a backend's
-                completion type).
-            requests: The requests, answered in this order.
+            teacher_generate: Takes a list of single-sample requests and returns one completion
+                per request, in order (`Completion`, a mapping, or an object with ``.text``).
+            requests: Single-sample (``n == 1``) requests, answered in this order.
             identity: The teacher identity that goes into every key (see `cache_key`).
+            sample_indices: The sample index of each request (default: all 0); tells apart
+                several samples of one request.
             batch_size: Missing requests per call to ``teacher_generate``.
             progress: Show a progress bar with cached / new / total counts and the tokens spent
                 by new generations; pass a `rich.progress.Progress` to add the task to it.
             description: The progress bar's label.
 
         Returns:
-            The cached record of every request (for a key written concurrently by another
-            process, the first one written).
+            The cached completion of every request (for a key written concurrently by another
+            process, the first one written), with ``index`` 0.
 
         Raises:
-            TeacherOutputError: ``teacher_generate`` returned the wrong number of records or a
-                malformed one; nothing from that batch is cached, earlier batches stay.
+            TeacherOutputError: ``teacher_generate`` returned the wrong number of completions or
+                a malformed one; nothing from that batch is cached, earlier batches stay.
+            ValueError: A request with ``n != 1``, or ``sample_indices`` of the wrong length.
         """
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        keys = [cache_key(identity, request) for request in requests]
+        indices = [0] * len(requests) if sample_indices is None else list(sample_indices)
+        if len(indices) != len(requests):
+            raise ValueError(f"{len(indices)} sample indices for {len(requests)} requests")
+        keys = [cache_key(identity, request, index) for request, index in zip(requests, indices, strict=True)]
         self.refresh()
         positions: dict[str, list[int]] = {}  # missing digest -> where it occurs in `requests`
         with self._lock:
@@ -490,6 +387,18 @@ class ResponseCache:
             return
         try:
             digest, record = _decode_line(raw)
+        except _OlderFormat:
+            # Not an error: the entry was written by an older kdatlas. It is ignored (the request
+            # is asked again) and reported once per file, not once per line.
+            self.older_format_lines += 1
+            if self.older_format_lines == 1:
+                warnings.warn(
+                    f"{self.path}: lines written by an older cache format are ignored (they will be "
+                    "regenerated); delete the file to drop them",
+                    CacheWarning,
+                    stacklevel=4,
+                )
+            return
         except (ValueError, TypeError) as error:  # JSON and Unicode decode errors are ValueErrors
             self._report(number, f"not a valid cache record ({error}); skipped")
             return
@@ -525,19 +434,23 @@ def _digest(key: Key) -> str:
     return key.digest if isinstance(key, CacheKey) else key
 
 
-def _encode_line(key: Key, record: Record) -> bytes:
-    entry: dict[str, Any] = {"v": FORMAT_VERSION, "key": _digest(key), "record": record.to_dict()}
+def _encode_line(key: Key, record: Completion) -> bytes:
+    stored = record.to_dict()
+    del stored["index"]  # positional, not part of the answer
+    entry: dict[str, Any] = {"v": FORMAT_VERSION, "key": _digest(key), "record": stored}
     if isinstance(key, CacheKey):
         entry["teacher"], entry["request"] = key.teacher, json.loads(key.request)
     # ASCII output: no raw newline can end up inside a line, and lone surrogates survive.
     return (json.dumps(entry, sort_keys=True) + "\n").encode("ascii")
 
 
-def _decode_line(raw: bytes) -> tuple[str, Record]:
+def _decode_line(raw: bytes) -> tuple[str, Completion]:
     entry = json.loads(raw)
     if not isinstance(entry, dict):
         raise ValueError("a line must be a JSON object")
     if entry.get("v") != FORMAT_VERSION:
+        if isinstance(entry.get("v"), int) and entry["v"] < FORMAT_VERSION:
+            raise _OlderFormat
         raise ValueError(f"format version {entry.get('v')!r}, expected {FORMAT_VERSION}")
     digest, record = entry.get("key"), entry.get("record")
     if not (isinstance(digest, str) and len(digest) == 64) or not isinstance(record, dict):
@@ -545,10 +458,14 @@ def _decode_line(raw: bytes) -> tuple[str, Record]:
     has_origin = "teacher" in entry or "request" in entry
     if has_origin and cache_key(entry.get("teacher"), entry.get("request") or {}).digest != digest:
         raise ValueError("the key does not match the line's teacher and request (edited by hand?)")
-    return digest, Record.from_dict(record)
+    return digest, Completion.from_dict(record)
 
 
-def _check_outputs(outputs: object, expected: int) -> list[Record]:
+class _OlderFormat(Exception):
+    """A line written by an older version of the cache: ignored (its key would differ now)."""
+
+
+def _check_outputs(outputs: object, expected: int) -> list[Completion]:
     if isinstance(outputs, (str, bytes, Mapping)) or not isinstance(outputs, Iterable):
         raise TeacherOutputError(
             f"teacher_generate returned a {type(outputs).__name__}; it must return a list with one "
@@ -563,7 +480,7 @@ def _check_outputs(outputs: object, expected: int) -> list[Record]:
     records = []
     for index, output in enumerate(outputs):
         try:
-            records.append(Record.coerce(output))
+            records.append(Completion.coerce(output))
         except (TypeError, ValueError) as error:
             raise TeacherOutputError(
                 f"record {index} of the batch is malformed: {error} (nothing from this batch was cached)"

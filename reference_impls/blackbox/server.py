@@ -12,18 +12,20 @@ Endpoints (the standard library's ``ThreadingHTTPServer``, no extra dependency):
 * ``POST /v1/chat/completions``: ``messages`` plus the same sampling fields; ``logprobs`` is a
   boolean and ``top_logprobs`` the number of alternatives.
 
-**Chat template.** The embedded teacher is trained on the suite's plain prompts, so messages are
-rendered without role markers: the text of every message, in order, one per line, and the last
-message must be the user's. A conversation of a single user message is therefore exactly that
-message, the prompt the teacher knows; a system prompt or earlier turns become preceding lines.
+**Chat template.** A model with a chat template gets it. The embedded teachers have none and are
+trained on plain prompts, so messages are rendered in the instruction suite's conversation
+format (`reference_impls.blackbox.teacher.plain_chat_prompt`): system messages first, then each
+user turn followed directly by the assistant's reply, one turn per line; the last message must
+be the user's. A conversation of a single user message is exactly that message.
 
-**Generation.** Temperature 0 is greedy decoding; otherwise sampling at that temperature with
-nucleus ``top_p``, from the request's ``seed`` (a fresh random seed when absent), so a seeded
-request is reproducible. ``stop`` strings cut the text after decoding (the text ends before the
-stop string, ``finish_reason`` is ``"stop"``). Log-probs are those of the model's raw
-distribution (temperature 1, no top-p), as vLLM reports them by default. Requests are served
-concurrently but the model runs one request at a time behind a lock (a model's forward pass is
-not safe to share across threads), and nothing is batched.
+**Generation** is `reference_impls.blackbox.teacher.LocalTeacher`'s, so a request gives the same
+text over HTTP as the same request made locally. Temperature 0 is greedy decoding; otherwise
+sampling at that temperature with nucleus ``top_p``, choice ``k`` seeded ``seed + k`` (a fresh
+random seed when the request has none), so a seeded request is reproducible. ``stop`` strings cut
+the text (``finish_reason`` ``"stop"``). ``usage.completion_tokens`` counts the token that ended a
+choice (EOS) too, as vLLM does. Log-probs are those of the model's raw distribution (temperature
+1, no top-p), as vLLM reports them by default. Requests are served concurrently but the model
+runs one call at a time behind the teacher's lock; the prompts of one request are batched.
 
 **Limits and errors.** ``max_tokens`` defaults to, and may not exceed, the server's
 ``max_new_tokens``; prompt plus completion must fit the model's context. Malformed requests get
@@ -53,7 +55,8 @@ from typing import Any
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from reference_impls.common.tokenizer import encode_prompt, pad_id
+from .requests import ChatMessage, Completion, GenerationRequest
+from .teacher import LocalTeacher, plain_chat_prompt
 
 logger = logging.getLogger(__name__)
 
@@ -121,7 +124,8 @@ def read_api_key(env_var: str) -> str:
 def load_served_model(
     spec: str = "embedded", device: str = "auto", trust_remote_code: bool = False
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, str]:
-    """Load the model to serve: ``"embedded"`` (the cached tiny teacher) or a local path / hub id.
+    """Load the model to serve: ``"embedded"`` (the cached instruction teacher, what black-box
+    pipelines use), ``"embedded-whitebox"`` (the white-box methods' teacher) or a local path / hub id.
 
     Returns:
         ``(model, tokenizer, default model name)``, the model in eval mode on ``device``.
@@ -129,10 +133,15 @@ def load_served_model(
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if spec == "embedded":
+        from .instruct_teacher import load_or_train_instruct_teacher
+
+        model, tokenizer = load_or_train_instruct_teacher(device)
+        return model, tokenizer, EMBEDDED_NAME
+    if spec == "embedded-whitebox":
         from reference_impls.common.teacher import load_or_train_teacher
 
         model, tokenizer = load_or_train_teacher(device)
-        return model, tokenizer, EMBEDDED_NAME
+        return model, tokenizer, f"{EMBEDDED_NAME}-whitebox"
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(spec, trust_remote_code=trust_remote_code)
@@ -318,11 +327,8 @@ def _message_text(message: Any, index: int) -> str:
     )
 
 
-def render_chat_prompt(messages: Any) -> str:
-    """The prompt for a conversation: each message's text on its own line, roles dropped.
-
-    ``[{"role": "user", "content": "rev abc"}]`` renders as ``"rev abc"``, the plain prompt the
-    embedded teacher is trained on; a system message or earlier turns come first, one per line.
+def parse_messages(messages: Any) -> tuple[ChatMessage, ...]:
+    """Validate ``messages`` and return them as `ChatMessage` objects (text parts joined).
 
     Raises:
         ApiError: 400 when ``messages`` is not a non-empty list of well-formed messages ending
@@ -333,7 +339,18 @@ def render_chat_prompt(messages: Any) -> str:
     texts = [_message_text(message, i) for i, message in enumerate(messages)]
     if messages[-1]["role"] != "user":
         raise _bad("the last message must have role 'user'", "invalid_value", "messages")
-    return "\n".join(texts)
+    return tuple(ChatMessage(m["role"], text) for m, text in zip(messages, texts, strict=True))
+
+
+def render_chat_prompt(messages: Any) -> str:
+    """The plain prompt a model without a chat template sees for ``messages`` (validated first):
+    the instruction suite's conversation format, `reference_impls.blackbox.teacher.plain_chat_prompt`.
+
+    ``[{"role": "user", "content": "rev: abc ="}]`` renders as ``"rev: abc ="``, the plain prompt
+    the embedded teacher knows; a system prompt comes first, earlier turns (instruction + reply)
+    one per line.
+    """
+    return plain_chat_prompt([{"role": m.role, "content": m.content} for m in parse_messages(messages)])
 
 
 # ----------------------------------------------------------------------------- generation
@@ -341,79 +358,25 @@ def render_chat_prompt(messages: Any) -> str:
 
 @dataclass(frozen=True)
 class Choice:
-    """One generated continuation.
+    """One generated continuation, as the API reports it.
 
     Attributes:
         text: The completion text (special tokens removed, cut before a stop string).
         finish_reason: ``"stop"`` (EOS or a stop string) or ``"length"`` (``max_tokens`` reached).
-        token_ids: The completion's tokens (EOS excluded), as counted in ``usage``.
+        completion_tokens: Tokens generated, the one that ended the completion (EOS) included.
         logprobs: Per token ``(token text, its log-prob, [(alternative text, log-prob), ...])``;
             empty unless requested.
     """
 
     text: str
     finish_reason: str
-    token_ids: list[int]
+    completion_tokens: int
     logprobs: list[tuple[str, float, list[tuple[str, float]]]]
 
-
-def _cut_at_stop(
-    tokenizer: PreTrainedTokenizerBase, ids: list[int], stops: Sequence[str]
-) -> tuple[str, int] | None:
-    """``(text before the first stop string, tokens kept)``, or ``None`` when no stop occurs."""
-    for kept in range(1, len(ids) + 1):
-        text = tokenizer.decode(ids[:kept], skip_special_tokens=True)
-        found = [text.find(s) for s in stops if s in text]
-        if found:
-            return text[: min(found)], kept
-    return None
-
-
-@torch.no_grad()
-def generate_choice(
-    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompt: str, params: SamplingParams
-) -> Choice:
-    """Decode one continuation of ``prompt`` with HF ``generate``.
-
-    Same convention as `reference_impls.common.generation.generate_responses` (``[bos] prompt``
-    via `encode_prompt`, cut at the first EOS), so greedy outputs agree with it; this path also
-    returns the tokens, the finish reason and the raw log-probs that an API reports. The caller
-    seeds the RNG and holds the model lock.
-    """
-    device = next(model.parameters()).device
-    input_ids = torch.tensor([encode_prompt(tokenizer, prompt)], device=device)
-    sample = params.temperature > 0
-    eos = tokenizer.eos_token_id
-    output = model.generate(
-        input_ids=input_ids,
-        attention_mask=torch.ones_like(input_ids),
-        max_new_tokens=params.max_tokens,
-        do_sample=sample,
-        temperature=params.temperature if sample else None,
-        top_p=params.top_p if sample else None,
-        top_k=0,  # OpenAI has no top-k: switch off any default from the model's generation config
-        eos_token_id=eos,
-        pad_token_id=pad_id(tokenizer),
-        return_dict_in_generate=True,
-        output_logits=params.top_logprobs is not None,
-    )
-    ids = output.sequences[0, input_ids.shape[1] :].tolist()
-    finish = "length"
-    if eos in ids:
-        ids, finish = ids[: ids.index(eos)], "stop"
-    text = tokenizer.decode(ids, skip_special_tokens=True)
-    if params.stop and (cut := _cut_at_stop(tokenizer, ids, params.stop)) is not None:
-        (text, kept), finish = cut, "stop"
-        ids = ids[:kept]
-    logprobs = []
-    if params.top_logprobs is not None:
-        for step, token in enumerate(ids):
-            row = torch.log_softmax(output.logits[step][0].float(), dim=-1)
-            top = row.topk(min(params.top_logprobs, row.numel()))
-            pairs = zip(top.indices.tolist(), top.values.tolist(), strict=True)
-            alternatives = [(tokenizer.decode([i]), value) for i, value in pairs]
-            logprobs.append((tokenizer.decode([token]), float(row[token]), alternatives))
-    return Choice(text=text, finish_reason=finish, token_ids=ids, logprobs=logprobs)
+    @classmethod
+    def from_completion(cls, completion: Completion) -> Choice:
+        logprobs = [(step.token, step.logprob, list(step.top_logprobs)) for step in completion.logprobs or ()]
+        return cls(completion.text, completion.finish_reason, completion.completion_tokens or 0, logprobs)
 
 
 def _completion_logprobs(choice: Choice) -> dict[str, Any]:
@@ -463,7 +426,9 @@ class TeacherServer(ThreadingHTTPServer):
             self.address_family = socket.AF_INET6
         super().__init__(address, _Handler)
         self.model, self.tokenizer, self.config = model.eval(), tokenizer, config
-        self.model_lock = threading.Lock()
+        # Generation is the LocalTeacher's: the same request gives the same text locally and over
+        # HTTP (greedy and seeded sampling alike). It serialises calls behind its own lock.
+        self.teacher = LocalTeacher(model, tokenizer, label=config.model_name)
         self.created = int(time.time())
 
     @property
@@ -473,16 +438,32 @@ class TeacherServer(ThreadingHTTPServer):
         host = f"[{host}]" if ":" in str(host) else host
         return f"http://{host}:{port}/v1"
 
-    def complete(self, prompts: Sequence[str], params: SamplingParams) -> tuple[list[list[Choice]], int]:
-        """``n`` choices per prompt, generated one at a time under the lock, and the prompt token count.
+    def complete(
+        self, prompts: Sequence[str | tuple[ChatMessage, ...]], params: SamplingParams
+    ) -> tuple[list[list[Choice]], int]:
+        """``n`` choices per prompt (text or chat messages) and the prompt token count.
 
         Raises:
             ApiError: 400 when a prompt plus ``max_tokens`` exceeds the model's context.
         """
+        seed = params.seed if params.seed is not None else random.SystemRandom().randrange(2**62)
+        requests = [
+            GenerationRequest(
+                prompt,
+                max_new_tokens=params.max_tokens,
+                temperature=params.temperature,
+                top_p=params.top_p if params.temperature > 0 else 1.0,
+                seed=seed,
+                n=params.n,
+                stop=params.stop,
+                logprobs=params.top_logprobs,
+            )
+            for prompt in prompts
+        ]
         limit = getattr(self.model.config, "max_position_embeddings", None)
         prompt_tokens = 0
-        for index, prompt in enumerate(prompts):
-            length = len(encode_prompt(self.tokenizer, prompt))
+        for index, request in enumerate(requests):
+            length = len(self.teacher.prompt_ids(request))
             prompt_tokens += length
             if limit is not None and length + params.max_tokens > limit:
                 raise _bad(
@@ -491,20 +472,13 @@ class TeacherServer(ThreadingHTTPServer):
                     "context_length_exceeded",
                     "prompt",
                 )
-        seed = params.seed if params.seed is not None else random.SystemRandom().randrange(2**63)
-        device = next(self.model.parameters()).device
-        with self.model_lock, torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-            # Forked RNG: a request's seed fixes its samples without touching anyone else's RNG.
-            torch.manual_seed(seed)
-            choices = [
-                [generate_choice(self.model, self.tokenizer, prompt, params) for _ in range(params.n)]
-                for prompt in prompts
-            ]
+        completions = iter(self.teacher.generate(requests))
+        choices = [[Choice.from_completion(next(completions)) for _ in range(params.n)] for _ in requests]
         return choices, prompt_tokens
 
 
 def _usage(prompt_tokens: int, choices: Sequence[Sequence[Choice]]) -> dict[str, int]:
-    completion = sum(len(c.token_ids) for row in choices for c in row)
+    completion = sum(c.completion_tokens for row in choices for c in row)
     return {
         "prompt_tokens": prompt_tokens,
         "completion_tokens": completion,
@@ -629,9 +603,9 @@ class _Handler(BaseHTTPRequestHandler):
         check_model(body, self.server.config)
         if "messages" not in body:
             raise _bad("missing required field 'messages'", "missing_field", "messages")
-        prompt = render_chat_prompt(body["messages"])
+        messages = parse_messages(body["messages"])
         params = parse_sampling(body, self.server.config, chat=True)
-        rows, prompt_tokens = self.server.complete([prompt], params)
+        rows, prompt_tokens = self.server.complete([messages], params)
         choices = [
             {
                 "index": i,

@@ -13,8 +13,8 @@ module is that boundary:
   backend, model and weights, used in cache keys; it never contains a secret.
 * `LocalTeacher`: any transformers causal LM (the embedded tiny teacher, a local folder or a
   hub id) generating with HF ``generate``.
-* `OpenAICompatibleTeacher`: any server speaking the OpenAI HTTP format (OpenAI, vLLM, TGI,
-  llama.cpp, ``kdatlas serve-teacher``), standard library only.
+* `OpenAICompatibleTeacher` (`reference_impls.blackbox.http_teacher`): any server speaking the OpenAI HTTP format (OpenAI, vLLM, TGI, llama.cpp, ``kdatlas serve-teacher``),
+  standard library only.
 
 Conventions shared by both backends, following the OpenAI API:
 
@@ -30,180 +30,40 @@ Conventions shared by both backends, following the OpenAI API:
 from __future__ import annotations
 
 import abc
-import email.utils
 import hashlib
-import http.client
 import json
 import logging
-import os
 import random
 import threading
-import time
-import urllib.error
-import urllib.parse
-import urllib.request
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from dataclasses import asdict, dataclass, field, replace
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import asdict, replace
 from typing import Any
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from reference_impls.common.generation import _left_pad
+from reference_impls.common.sampling import sample_continuations
 from reference_impls.common.teacher import TeacherRecipe, load_or_train_teacher, teacher_dir
 from reference_impls.common.tokenizer import encode_prompt, pad_id
 
+from .requests import ChatMessage, Completion, GenerationRequest, TokenLogprob
+from .suite import TURN_SEPARATOR
+
+# The request/result types are re-exported: `from reference_impls.blackbox.teacher import
+# GenerationRequest` keeps working for code written before they moved to `requests`.
+__all__ = [
+    "ChatMessage",
+    "Completion",
+    "GenerationRequest",
+    "LocalTeacher",
+    "TextTeacher",
+    "TokenLogprob",
+    "plain_chat_prompt",
+]
+
+
 logger = logging.getLogger(__name__)
-
-# ------------------------------------------------------------------------------ requests, results
-
-
-@dataclass(frozen=True)
-class ChatMessage:
-    """One chat turn: ``role`` is ``"system"``, ``"user"`` or ``"assistant"``."""
-
-    role: str
-    content: str
-
-
-@dataclass(frozen=True)
-class GenerationRequest:
-    """One prompt and how to sample from the teacher.
-
-    Args:
-        prompt: Plain text (sent to a completions endpoint) or chat messages, given as
-            `ChatMessage` objects or ``{"role": ..., "content": ...}`` mappings (stored as a
-            tuple of `ChatMessage`, so requests are hashable).
-        max_new_tokens: Upper bound on generated tokens.
-        temperature: Sampling temperature; ``0`` means greedy decoding.
-        top_p: Nucleus sampling mass, in ``(0, 1]``.
-        seed: Makes sampling reproducible where the backend supports it.
-        n: Number of completions for this prompt.
-        stop: Strings that end the completion (cut from the text).
-        logprobs: If set, return the top-``logprobs`` log-probabilities of every generated token.
-
-    Raises:
-        ValueError: A parameter is out of range (the message names it and the allowed range).
-    """
-
-    prompt: str | tuple[ChatMessage, ...]
-    max_new_tokens: int = 128
-    temperature: float = 0.0
-    top_p: float = 1.0
-    seed: int | None = None
-    n: int = 1
-    stop: tuple[str, ...] = ()
-    logprobs: int | None = None
-
-    def __post_init__(self) -> None:
-        # Normalise in place (the dataclass is frozen): chat messages to a tuple of ChatMessage,
-        # a single stop string to a 1-tuple.
-        if not isinstance(self.prompt, str):
-            object.__setattr__(self, "prompt", tuple(_as_message(m) for m in self.prompt))
-            if not self.prompt:
-                raise ValueError("prompt has no chat messages; pass a string or at least one message")
-        if isinstance(self.stop, str):
-            object.__setattr__(self, "stop", (self.stop,))
-        object.__setattr__(self, "stop", tuple(self.stop))
-        problems = [
-            f"{name} must be {rule}, got {value!r}"
-            for name, value, ok, rule in [
-                ("max_new_tokens", self.max_new_tokens, _is_int(self.max_new_tokens, 1), "an int >= 1"),
-                ("temperature", self.temperature, self.temperature >= 0, ">= 0 (0 is greedy)"),
-                ("top_p", self.top_p, 0 < self.top_p <= 1, "in (0, 1]"),
-                ("n", self.n, _is_int(self.n, 1), "an int >= 1"),
-                ("seed", self.seed, self.seed is None or _is_int(self.seed, None), "None or an int"),
-                (
-                    "logprobs",
-                    self.logprobs,
-                    self.logprobs is None or _is_int(self.logprobs, 0),
-                    "None or an int >= 0",
-                ),
-                ("stop", self.stop, all(isinstance(s, str) and s for s in self.stop), "non-empty strings"),
-            ]
-            if not ok
-        ]
-        if problems:
-            raise ValueError("invalid GenerationRequest: " + "; ".join(problems))
-
-    @property
-    def is_chat(self) -> bool:
-        """True when the prompt is a list of chat messages."""
-        return not isinstance(self.prompt, str)
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-ready form (messages as ``{"role", "content"}`` dicts); stable for cache keys."""
-        data = asdict(self)
-        data["stop"] = list(self.stop)
-        return data
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> GenerationRequest:
-        """Inverse of `to_dict`."""
-        return cls(**dict(data))
-
-
-def _is_int(value: object, minimum: int | None) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and (minimum is None or value >= minimum)
-
-
-def _as_message(message: ChatMessage | Mapping[str, Any]) -> ChatMessage:
-    if isinstance(message, ChatMessage):
-        return message
-    if not isinstance(message, Mapping) or not isinstance(message.get("role"), str):
-        raise ValueError(
-            f"a chat message must be a mapping with 'role' and 'content' strings, got {message!r}"
-        )
-    if not isinstance(message.get("content"), str):
-        raise ValueError(f"chat message content must be a string, got {message.get('content')!r}")
-    return ChatMessage(role=message["role"], content=message["content"])
-
-
-@dataclass(frozen=True)
-class TokenLogprob:
-    """One generated token: its log-probability and the top alternatives, most likely first."""
-
-    token: str
-    logprob: float
-    top_logprobs: tuple[tuple[str, float], ...] = ()
-
-
-@dataclass(frozen=True)
-class Completion:
-    """What the teacher wrote for one sample of one request.
-
-    Attributes:
-        text: The completion (stop strings and special tokens removed; may be empty).
-        finish_reason: ``"stop"``, ``"length"`` or whatever else the server reported.
-        prompt_tokens: Tokens in the prompt (``None`` if the backend did not say).
-        completion_tokens: Generated tokens including the one that ended it (``None`` if unknown).
-        logprobs: Per generated token, when requested and offered by the backend.
-        index: Position of this sample among the request's ``n``.
-    """
-
-    text: str
-    finish_reason: str
-    prompt_tokens: int | None = None
-    completion_tokens: int | None = None
-    logprobs: tuple[TokenLogprob, ...] | None = None
-    index: int = 0
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-ready form."""
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> Completion:
-        """Inverse of `to_dict` (JSON turns tuples into lists; they are restored)."""
-        data = dict(data)
-        if data.get("logprobs") is not None:
-            data["logprobs"] = tuple(
-                TokenLogprob(t["token"], t["logprob"], tuple((s, lp) for s, lp in t["top_logprobs"]))
-                for t in data["logprobs"]
-            )
-        return cls(**data)
-
 
 # ------------------------------------------------------------------------------ the interface
 
@@ -234,11 +94,12 @@ class LocalTeacher(TextTeacher):
     Plain prompts are encoded as ``[bos] prompt`` (the suite's training convention, as in
     `generate_responses`, whose greedy output this reproduces exactly). Chat prompts go through
     the tokenizer's chat template; a tokenizer without one (the embedded teacher) gets the
-    content of a lone user message as its prompt, else ``role: content`` lines.
+    suite's plain conversation format (`plain_chat_prompt`): a lone user message is its content.
 
-    Greedy requests are decoded together in batches. Each sampled request is decoded on its own
-    under its seed, so its output does not depend on which other requests share the call (a
-    cache that resumes a run gets the same samples). Log-probs are those of the model's own
+    Greedy requests are decoded together in batches, and so are sampled ones: every sample gets
+    its own random generator (sample ``k`` of a request seeded ``seed + k``), so its output does
+    not depend on which other requests share the call (a cache that resumes a run gets the same
+    samples). Requests asking for log-probs are decoded one at a time with HF ``generate``. Log-probs are those of the model's own
     distribution (before temperature and top-p). Calls are serialised by a lock, so one
     instance may serve several threads (``kdatlas serve-teacher``).
 
@@ -325,15 +186,14 @@ class LocalTeacher(TextTeacher):
             text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
             # The template writes its own BOS text, so no special tokens are added again.
             return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
-        if len(messages) == 1 and messages[0]["role"] == "user":
-            return encode_prompt(self.tokenizer, messages[0]["content"])
-        lines = [f"{m['role']}: {m['content']}" for m in messages]
-        return encode_prompt(self.tokenizer, "\n".join([*lines, "assistant: "]))
+        return encode_prompt(self.tokenizer, plain_chat_prompt(messages))
 
     def iter_generate(self, requests: Sequence[GenerationRequest]) -> Iterator[tuple[int, list[Completion]]]:
-        """Greedy requests in batches first, then each sampled request under its own seed."""
+        """Greedy requests in batches, then sampled ones in batches (one generator per sample,
+        seeded ``seed + k`` for sample ``k``), then those asking for log-probs one by one."""
         greedy = [i for i, r in enumerate(requests) if r.temperature == 0]
-        sampled = [i for i, r in enumerate(requests) if r.temperature > 0]
+        batched = [i for i, r in enumerate(requests) if r.temperature > 0 and self._can_batch_sample(r)]
+        single = [i for i, r in enumerate(requests) if r.temperature > 0 and not self._can_batch_sample(r)]
         for start in range(0, len(greedy), self.batch_size):
             chunk = greedy[start : start + self.batch_size]
             with self._lock:
@@ -341,13 +201,63 @@ class LocalTeacher(TextTeacher):
             for i, row in zip(chunk, rows, strict=True):
                 # Greedy decoding is deterministic: the n samples are one decode repeated.
                 yield i, [_with_index(row[0], k) for k in range(requests[i].n)]
-        for i in sampled:
+        # Requests that sample with the same temperature and top-p share batches.
+        groups: dict[tuple[float, float], list[int]] = {}
+        for i in batched:
+            groups.setdefault((requests[i].temperature, requests[i].top_p), []).append(i)
+        for indices in groups.values():
+            chunk: list[int] = []
+            for i in indices:
+                chunk.append(i)
+                if sum(requests[j].n for j in chunk) >= self.batch_size or i == indices[-1]:
+                    with self._lock:
+                        rows = self._sample([requests[j] for j in chunk])
+                    yield from zip(chunk, rows, strict=True)
+                    chunk = []
+        for i in single:
             request = requests[i]
             with self._lock, torch.random.fork_rng(devices=self._rng_devices()):
                 if request.seed is not None:
                     torch.manual_seed(request.seed)
                 (row,) = self._decode([request], num_return_sequences=request.n)
             yield i, row
+
+    def _can_batch_sample(self, request: GenerationRequest) -> bool:
+        # The batched sampler returns no log-probs and stops at a single EOS id.
+        return request.logprobs is None and len(self._eos_ids) == 1
+
+    @torch.no_grad()
+    def _sample(self, requests: Sequence[GenerationRequest]) -> list[list[Completion]]:
+        """Sample ``n`` completions of each request in one batch, each row from its own generator."""
+        device = next(self.model.parameters()).device
+        prompts, generators = [], []
+        for request in requests:
+            ids = self.prompt_ids(request)
+            for k in range(request.n):
+                seed = (
+                    request.seed + k if request.seed is not None else random.SystemRandom().randrange(2**63)
+                )
+                prompts.append(ids)
+                generators.append(torch.Generator(device=device).manual_seed(seed))
+        first = requests[0]
+        rows = sample_continuations(
+            self.model,
+            prompts,
+            eos_id=self._eos_ids[0],
+            pad_id=pad_id(self.tokenizer),
+            max_new_tokens=max(r.max_new_tokens for r in requests),
+            temperature=first.temperature,
+            top_p=first.top_p,
+            row_generators=generators,
+        )
+        results, position = [], 0
+        for request in requests:
+            samples = []
+            for k in range(request.n):
+                samples.append(self._finish(request, len(prompts[position]), rows[position], None, k))
+                position += 1
+            results.append(samples)
+        return results
 
     def _rng_devices(self) -> list[torch.device]:
         device = next(self.model.parameters()).device
@@ -446,6 +356,32 @@ class LocalTeacher(TextTeacher):
         return TokenLogprob(self.tokenizer.decode([token_id]), float(step[token_id]), alternatives)
 
 
+def plain_chat_prompt(messages: Sequence[Mapping[str, str]]) -> str:
+    """A conversation as plain text, for a model without a chat template (the embedded teacher).
+
+    The instruction suite's convention (`reference_impls.blackbox.suite.conversation_prompt`):
+    system messages first, one per line; then each user turn immediately followed by the
+    assistant's reply, one turn per line; the last user message ends the prompt. A single user
+    message is exactly its content, the plain prompt.
+    """
+    lines: list[str] = []
+    pending: str | None = None
+    for message in messages:
+        role, content = message["role"], message["content"]
+        if role in ("system", "developer"):
+            lines.append(content)
+        elif role == "user":
+            if pending is not None:
+                lines.append(pending)
+            pending = content
+        else:  # assistant: completes the pending user turn
+            lines.append((pending or "") + content)
+            pending = None
+    if pending is not None:
+        lines.append(pending)
+    return TURN_SEPARATOR.join(lines)
+
+
 def _with_index(completion: Completion, index: int) -> Completion:
     return replace(completion, index=index)
 
@@ -472,339 +408,3 @@ def _weights_fingerprint(model: PreTrainedModel, tokenizer: PreTrainedTokenizerB
     digest.update(vocabulary.encode())
     digest.update(str(getattr(tokenizer, "chat_template", None)).encode())
     return digest.hexdigest()[:16]
-
-
-# ------------------------------------------------------------------------------ HTTP servers
-
-
-class TeacherAPIError(RuntimeError):
-    """The teacher server refused a request, failed repeatedly, or answered something unreadable.
-
-    Attributes:
-        status: The HTTP status, or ``None`` for network errors and unreadable answers.
-    """
-
-    def __init__(self, message: str, status: int | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-
-
-class TeacherResponseError(TeacherAPIError):
-    """The server answered 2xx with a body that is not an OpenAI-format completion."""
-
-
-@dataclass
-class RequestStats:
-    """Counters of one `OpenAICompatibleTeacher` (updated from several threads under a lock)."""
-
-    http_requests: int = 0
-    retries: int = 0
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
-
-    def add(self, **counts: int) -> None:
-        """Increase the named counters."""
-        with self._lock:
-            for name, value in counts.items():
-                setattr(self, name, getattr(self, name) + value)
-
-
-class _NoRedirect(urllib.request.HTTPRedirectHandler):
-    # Following a redirect would resend the Authorization header to wherever the server points.
-    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
-        return None
-
-
-_LOOPBACK = {"127.0.0.1", "localhost", "::1"}
-_RATE_LIMITED = 429
-
-
-class OpenAICompatibleTeacher(TextTeacher):
-    """A teacher behind an OpenAI-format HTTP endpoint (OpenAI, vLLM, TGI, llama.cpp, ...).
-
-    Chat prompts go to ``{base_url}/chat/completions``, plain prompts to
-    ``{base_url}/completions``. The API key is read from the environment variable
-    ``api_key_env`` at every call (so it is never stored on the object) and sent as
-    ``Authorization: Bearer``; without it no header is sent, which local servers accept. 429
-    and 5xx answers and network errors are retried with exponential backoff and jitter
-    (``Retry-After`` is obeyed); other 4xx raise `TeacherAPIError` at once with the server's
-    message. Requests of one call run concurrently, at most ``max_concurrency`` at a time.
-
-    Args:
-        base_url: The API root, e.g. ``http://127.0.0.1:8000/v1``.
-        model: The model name the server expects.
-        api_key_env: Environment variable holding the key (``None``: never send one).
-        timeout: Seconds to wait for one HTTP answer.
-        max_retries: Retries after the first attempt of each request.
-        max_concurrency: Requests in flight at once.
-        revision: Extra text for `identity` (e.g. a model snapshot date) when the model name alone
-            does not pin the weights.
-        backoff_base: First retry delay in seconds (doubled on each retry, capped at ``backoff_max``).
-        backoff_max: Largest delay between retries, ``Retry-After`` included.
-        sleep: How to wait (tests pass a recorder instead of `time.sleep`).
-    """
-
-    def __init__(
-        self,
-        base_url: str,
-        model: str,
-        api_key_env: str | None = "OPENAI_API_KEY",
-        *,
-        timeout: float = 120.0,
-        max_retries: int = 5,
-        max_concurrency: int = 8,
-        revision: str | None = None,
-        backoff_base: float = 1.0,
-        backoff_max: float = 60.0,
-        sleep: Callable[[float], None] = time.sleep,
-    ) -> None:
-        parsed = urllib.parse.urlsplit(base_url)
-        if parsed.scheme not in ("http", "https") or not parsed.hostname:
-            raise ValueError(
-                f"base_url must be an http(s) URL such as http://127.0.0.1:8000/v1, got {base_url!r}"
-            )
-        if parsed.username or parsed.password:
-            raise ValueError("base_url must not contain credentials; put the key in the api_key_env variable")
-        if max_concurrency < 1 or max_retries < 0:
-            raise ValueError("max_concurrency must be >= 1 and max_retries >= 0")
-        self.base_url = base_url.rstrip("/")
-        self.model = model
-        self.api_key_env = api_key_env
-        self.timeout = timeout
-        self.max_retries = max_retries
-        self.max_concurrency = max_concurrency
-        self.revision = revision
-        self.backoff_base = backoff_base
-        self.backoff_max = backoff_max
-        self.stats = RequestStats()
-        self._sleep = sleep
-        handlers: list[urllib.request.BaseHandler] = [_NoRedirect()]
-        if parsed.hostname in _LOOPBACK:
-            handlers.append(urllib.request.ProxyHandler({}))  # a proxy cannot reach our loopback
-        self._opener = urllib.request.build_opener(*handlers)
-
-    def __repr__(self) -> str:
-        return (
-            f"OpenAICompatibleTeacher(base_url={self.base_url!r}, model={self.model!r}, "
-            f"api_key_env={self.api_key_env!r})"
-        )
-
-    def identity(self) -> str:
-        """``openai-compatible:<base_url>|<model>[|<revision>]`` (no key, no query string)."""
-        parsed = urllib.parse.urlsplit(self.base_url)
-        url = urllib.parse.urlunsplit((parsed.scheme, parsed.netloc, parsed.path, "", ""))
-        return f"openai-compatible:{url}|{self.model}" + (f"|{self.revision}" if self.revision else "")
-
-    def iter_generate(self, requests: Sequence[GenerationRequest]) -> Iterator[tuple[int, list[Completion]]]:
-        """Run the requests concurrently; the first error cancels the ones not yet started."""
-        if not requests:
-            return
-        executor = ThreadPoolExecutor(max_workers=min(self.max_concurrency, len(requests)))
-        pending: dict[Future[list[Completion]], int] = {
-            executor.submit(self._complete, r): i for i, r in enumerate(requests)
-        }
-        try:
-            while pending:
-                done, _ = wait(pending, return_when=FIRST_COMPLETED)
-                for future in done:
-                    yield pending.pop(future), future.result()
-        finally:
-            for future in pending:
-                future.cancel()
-            executor.shutdown(wait=True)
-
-    # --------------------------------------------------------------------------- one request
-
-    def _complete(self, request: GenerationRequest) -> list[Completion]:
-        payload: dict[str, Any] = {
-            "model": self.model,
-            "max_tokens": request.max_new_tokens,
-            "temperature": request.temperature,
-            "top_p": request.top_p,
-            "n": request.n,
-        }
-        if request.seed is not None:
-            payload["seed"] = request.seed
-        if request.stop:
-            payload["stop"] = list(request.stop)
-        if request.is_chat:
-            payload["messages"] = [asdict(m) for m in request.prompt]  # type: ignore[union-attr]
-            if request.logprobs is not None:
-                payload.update(logprobs=True, top_logprobs=request.logprobs)
-            body = self._post("/chat/completions", payload)
-        else:
-            payload["prompt"] = request.prompt
-            if request.logprobs is not None:
-                payload["logprobs"] = request.logprobs
-            body = self._post("/completions", payload)
-        completions = _parse_completions(body, chat=request.is_chat, n=request.n)
-        self.stats.add(
-            prompt_tokens=completions[0].prompt_tokens or 0,
-            completion_tokens=_total_completion_tokens(body),
-        )
-        return completions
-
-    def _post(self, path: str, payload: dict[str, Any]) -> Any:
-        """POST JSON, retrying transient failures; the decoded JSON answer."""
-        url = self.base_url + path
-        data = json.dumps(payload).encode()
-        for attempt in range(self.max_retries + 1):
-            key = os.environ.get(self.api_key_env) if self.api_key_env else None
-            headers = {
-                "Content-Type": "application/json",
-                "Accept": "application/json",
-                "User-Agent": "kdatlas",
-            }
-            if key:
-                headers["Authorization"] = f"Bearer {key}"
-            self.stats.add(http_requests=1)
-            retry_after: float | None = None
-            try:
-                with self._opener.open(
-                    urllib.request.Request(url, data, headers, method="POST"), timeout=self.timeout
-                ) as response:
-                    raw = response.read()
-            except urllib.error.HTTPError as error:
-                message = _redact(_server_message(_read_quietly(error)), key)
-                if error.code != _RATE_LIMITED and error.code < 500:
-                    hint = " (check the API key variable)" if error.code in (401, 403) else ""
-                    raise TeacherAPIError(
-                        f"{url} answered HTTP {error.code}{hint}: {message}", status=error.code
-                    ) from None
-                retry_after = _retry_after_seconds(error.headers.get("Retry-After"))
-                problem = f"HTTP {error.code}: {message}"
-            except (urllib.error.URLError, TimeoutError, ConnectionError, http.client.HTTPException) as error:
-                reason = getattr(error, "reason", error)
-                problem = _redact(f"network error ({reason}); is the server running at {self.base_url}?", key)
-            else:
-                try:
-                    return json.loads(raw)
-                except (json.JSONDecodeError, UnicodeDecodeError):
-                    excerpt = _redact(raw[:200].decode("utf-8", "replace"), key)
-                    raise TeacherResponseError(f"{url} answered with invalid JSON: {excerpt!r}") from None
-            if attempt == self.max_retries:
-                raise TeacherAPIError(f"{url} failed after {attempt + 1} attempts; last: {problem}")
-            delay = self._backoff(attempt, retry_after)
-            logger.warning(
-                "teacher request to %s failed (%s); retry %d in %.1fs", url, problem, attempt + 1, delay
-            )
-            self.stats.add(retries=1)
-            self._sleep(delay)
-        raise AssertionError("unreachable")
-
-    def _backoff(self, attempt: int, retry_after: float | None) -> float:
-        if retry_after is not None:
-            return min(retry_after, self.backoff_max)
-        # Jitter spreads the retries of concurrent workers so they do not hit the server together.
-        return min(self.backoff_max, self.backoff_base * 2**attempt) * random.uniform(0.5, 1.0)
-
-
-def _read_quietly(error: urllib.error.HTTPError) -> bytes:
-    try:
-        return error.read()
-    except (OSError, http.client.HTTPException):
-        return b""
-
-
-def _server_message(raw: bytes) -> str:
-    """The error text of an OpenAI-style (``{"error": {"message"}}``), TGI or plain-text body."""
-    text = raw.decode("utf-8", "replace").strip()
-    try:
-        body = json.loads(text)
-    except json.JSONDecodeError:
-        return text[:500] or "(empty body)"
-    if isinstance(body, dict):
-        error = body.get("error")
-        if isinstance(error, dict) and error.get("message"):
-            return str(error["message"])[:500]
-        for name in ("error", "message", "detail"):
-            if isinstance(body.get(name), str):
-                return body[name][:500]
-    return text[:500]
-
-
-def _redact(text: str, key: str | None) -> str:
-    return text.replace(key, "***") if key else text
-
-
-def _retry_after_seconds(value: str | None) -> float | None:
-    """``Retry-After`` as seconds: either a number or an HTTP date."""
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - time.time())
-
-
-def _parse_completions(body: Any, *, chat: bool, n: int) -> list[Completion]:
-    """The completions of an OpenAI-format answer, sorted by choice index."""
-    try:
-        choices = sorted(body["choices"], key=lambda c: c.get("index", 0))
-        if not choices:
-            raise ValueError("'choices' is empty")
-        usage = body.get("usage") or {}
-        prompt_tokens = usage.get("prompt_tokens")
-        # usage is summed over the n choices: per-choice counts are known only for n == 1.
-        total = usage.get("completion_tokens")
-        completions = []
-        for k, choice in enumerate(choices):
-            text = choice["message"]["content"] if chat else choice["text"]
-            if text is not None and not isinstance(text, str):
-                raise ValueError(f"completion text is {type(text).__name__}, not a string")
-            logprobs = _parse_logprobs(choice.get("logprobs"), chat=chat)
-            count = total if len(choices) == 1 else (len(logprobs) if logprobs is not None else None)
-            completions.append(
-                Completion(
-                    text or "",
-                    str(choice.get("finish_reason") or "unknown"),
-                    prompt_tokens,
-                    count,
-                    logprobs,
-                    k,
-                )
-            )
-    except (KeyError, TypeError, ValueError, AttributeError) as error:
-        excerpt = json.dumps(body)[:300] if not isinstance(body, bytes) else repr(body[:300])
-        raise TeacherResponseError(
-            f"the server's answer is not an OpenAI {'chat ' if chat else ''}completion ({error!r}): {excerpt}"
-        ) from None
-    if len(completions) != n:
-        logger.warning("asked the teacher for %d completions, got %d", n, len(completions))
-    return completions
-
-
-def _parse_logprobs(raw: Any, *, chat: bool) -> tuple[TokenLogprob, ...] | None:
-    """Chat format ``{"content": [{token, logprob, top_logprobs}]}`` or completions format
-    ``{"tokens", "token_logprobs", "top_logprobs": [{token: logprob}]}``."""
-    if raw is None:
-        return None
-    if chat:
-        return tuple(
-            TokenLogprob(
-                t["token"],
-                float(t["logprob"]),
-                tuple((a["token"], float(a["logprob"])) for a in t.get("top_logprobs") or ()),
-            )
-            for t in raw.get("content") or ()
-        )
-    tops = raw.get("top_logprobs") or [None] * len(raw["tokens"])
-    return tuple(
-        TokenLogprob(
-            token,
-            float(logprob) if logprob is not None else float("nan"),  # some servers send null first
-            tuple(sorted(((t, float(v)) for t, v in (top or {}).items()), key=lambda item: -item[1])),
-        )
-        for token, logprob, top in zip(raw["tokens"], raw["token_logprobs"], tops, strict=True)
-    )
-
-
-def _total_completion_tokens(body: Any) -> int:
-    usage = body.get("usage") if isinstance(body, dict) else None
-    return int((usage or {}).get("completion_tokens") or 0)

@@ -88,6 +88,8 @@ def sample_continuations(
     mix_alpha: float = 0.0,
     generator: torch.Generator | None = None,
     vocab_size: int | None = None,
+    top_p: float = 1.0,
+    row_generators: Sequence[torch.Generator] | None = None,
 ) -> list[list[int]]:
     """Sample one continuation per prompt (token ids, EOS included when produced).
 
@@ -103,6 +105,11 @@ def sample_continuations(
         mix_alpha: Weight of ``mix_model`` in the per-token mixture, in [0, 1].
         generator: Random generator (on the model's device) for reproducible sampling.
         vocab_size: Cut both models' logits to this many entries (shared tokenizer, padded heads).
+        top_p: Nucleus sampling: draw from the smallest set of tokens whose probability reaches
+            ``top_p`` (1 keeps every token).
+        row_generators: One generator per prompt (on the model's device): each row's samples then
+            depend only on its own generator, not on which other prompts share the batch (a
+            black-box teacher's seeded requests stay reproducible when batched differently).
 
     Returns:
         The continuations, cut after the first EOS; ``[eos_id]`` when EOS came first.
@@ -119,6 +126,10 @@ def sample_continuations(
         raise ValueError("mix_alpha > 0 needs a mix_model (the teacher) to mix with")
     if any(len(p) == 0 for p in prompts):
         raise ValueError("every prompt needs at least one token (the BOS token)")
+    if not 0.0 < top_p <= 1.0:
+        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+    if row_generators is not None and len(row_generators) != len(prompts):
+        raise ValueError(f"{len(row_generators)} row generators for {len(prompts)} prompts")
     if not prompts or max_new_tokens <= 0:
         return [[] for _ in prompts]
     models = [model] + ([mix_model] if mix_model is not None and mix_alpha > 0 else [])
@@ -146,7 +157,17 @@ def sample_continuations(
         if greedy:
             token = probs.argmax(dim=-1)
         else:
-            token = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+            if top_p < 1.0:
+                probs = nucleus(probs, top_p)
+            if row_generators is not None:
+                token = torch.cat(
+                    [
+                        torch.multinomial(row, 1, generator=g)
+                        for row, g in zip(probs, row_generators, strict=True)
+                    ]
+                )
+            else:
+                token = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
         token = torch.where(finished, torch.full_like(token, pad_id), token)
         sampled.append(token)
         finished |= token == eos_id
@@ -162,6 +183,17 @@ def sample_continuations(
     for row in torch.stack(sampled, dim=1).tolist():
         continuations.append(row[: row.index(eos_id) + 1] if eos_id in row else row)
     return continuations
+
+
+def nucleus(probs: Tensor, top_p: float) -> Tensor:
+    """``probs`` [rows, vocab] restricted to each row's nucleus (the most probable tokens whose
+    mass first reaches ``top_p``; the most probable token is always kept), renormalised."""
+    sorted_probs, order = probs.sort(dim=-1, descending=True)
+    # A token is dropped when the mass of the tokens before it already reaches top_p.
+    before = sorted_probs.cumsum(dim=-1) - sorted_probs
+    sorted_probs = sorted_probs.masked_fill(before >= top_p, 0.0)
+    kept = torch.zeros_like(probs).scatter(-1, order, sorted_probs)
+    return kept / kept.sum(dim=-1, keepdim=True)
 
 
 def rollout_batch(

@@ -94,12 +94,9 @@ def _simple(name: str, transform: Callable[[str], str]) -> Callable[[random.Rand
     return make
 
 
-def _make_add(rng: random.Random, sizes: _Sizes) -> _Generated:
-    # A multi-digit number plus a one-digit number: small enough for the tiny teacher to learn
-    # in its budget, while still needing a carry. OOD: one more digit on both sides.
-    a = rng.randint(0, 10**sizes.digits - 1)
-    b = rng.randint(0, 10 ** (sizes.digits - 1) - 1)
-    # Column-wise rationale, least significant digit first, with the carry written out.
+def add_rationale(a: int, b: int) -> str:
+    """Column-wise addition, least significant digit first, with the carry written out:
+    ``add_rationale(57, 8) == "7+8+0=15;5+0+1=6"``."""
     steps, carry = [], 0
     da, db = str(a)[::-1], str(b)[::-1]
     for i in range(len(da)):
@@ -109,7 +106,20 @@ def _make_add(rng: random.Random, sizes: _Sizes) -> _Generated:
         carry = total // 10
     if carry:
         steps.append(f"carry {carry}")
-    return f"{a}+{b}", str(a + b), ";".join(steps), (str(a + b),)
+    return ";".join(steps)
+
+
+def count_rationale(target: str, word: str) -> str:
+    """The running count of ``target`` in ``word`` (``"1 2 3"``), ``"none"`` when absent."""
+    return " ".join(str(i + 1) for i in range(word.count(target))) or "none"
+
+
+def _make_add(rng: random.Random, sizes: _Sizes) -> _Generated:
+    # A multi-digit number plus a one-digit number: small enough for the tiny teacher to learn
+    # in its budget, while still needing a carry. OOD: one more digit on both sides.
+    a = rng.randint(0, 10**sizes.digits - 1)
+    b = rng.randint(0, 10 ** (sizes.digits - 1) - 1)
+    return f"{a}+{b}", str(a + b), add_rationale(a, b), (str(a + b),)
 
 
 def _make_count(rng: random.Random, sizes: _Sizes) -> _Generated:
@@ -118,9 +128,8 @@ def _make_count(rng: random.Random, sizes: _Sizes) -> _Generated:
     pool = rng.sample(_LETTERS, 3)
     target = pool[0]
     word = "".join(rng.choice(pool) for _ in range(sizes.count_word))
-    running = [str(i + 1) for i in range(word.count(target))]
     count = str(word.count(target))
-    return f"{target} in {word}", count, " ".join(running) or "none", (count,)
+    return f"{target} in {word}", count, count_rationale(target, word), (count,)
 
 
 def _make_vowel(rng: random.Random, sizes: _Sizes) -> _Generated:

@@ -127,7 +127,7 @@ def load_or_train_teacher(
         ``(model, tokenizer)``, the model in eval mode on ``device``.
     """
     target = teacher_dir(recipe)
-    if not (target / "teacher_card.json").exists():
+    if not is_complete(target):
         model, tokenizer = train_teacher(recipe, str(device), progress)
         test = make_split("test", 210, seed=recipe.seed)
         predictions = generate_responses(model, tokenizer, [e.prompt for e in test])
@@ -136,22 +136,39 @@ def load_or_train_teacher(
             "recipe": asdict(recipe),
             "test_exact_match": exact_match(predictions, test),
         }
-        target.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
-        staging.chmod(0o755)  # mkdtemp creates it private; the cache entry is an ordinary folder
-        try:
-            model.save_pretrained(staging)  # safetensors
-            tokenizer.save_pretrained(staging)
-            # The card is written last: its presence marks a complete entry.
-            (staging / "teacher_card.json").write_text(json.dumps(card, indent=2))
-            if (target / "teacher_card.json").exists():  # another process finished first
-                shutil.rmtree(staging)
-            else:
-                shutil.rmtree(target, ignore_errors=True)  # an incomplete entry not written by us
-                os.replace(staging, target)
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
+        save_entry(target, model, tokenizer, card)
+    return load_entry(target, device)
+
+
+def is_complete(target: Path) -> bool:
+    """Whether the cache entry ``target`` is complete (its card, written last, exists)."""
+    return (target / "teacher_card.json").exists()
+
+
+def save_entry(
+    target: Path, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, card: dict[str, object]
+) -> None:
+    """Save a trained model as the cache entry ``target``, atomically (staged, then renamed)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    staging.chmod(0o755)  # mkdtemp creates it private; the cache entry is an ordinary folder
+    try:
+        model.save_pretrained(staging)  # safetensors
+        tokenizer.save_pretrained(staging)
+        # The card is written last: its presence marks a complete entry.
+        (staging / "teacher_card.json").write_text(json.dumps(card, indent=2))
+        if is_complete(target):  # another process finished first
+            shutil.rmtree(staging)
+        else:
+            shutil.rmtree(target, ignore_errors=True)  # an incomplete entry not written by us
+            os.replace(staging, target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def load_entry(target: Path, device: str | torch.device) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """The model (eval mode, on ``device``) and tokenizer of a complete cache entry."""
     tokenizer = AutoTokenizer.from_pretrained(target)
     # The attention implementation is not saved with the config; eager is faster at this size.
     model = AutoModelForCausalLM.from_pretrained(target, attn_implementation="eager").to(device).eval()

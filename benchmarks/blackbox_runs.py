@@ -1,0 +1,145 @@
+"""Run every black-box (instruction-following) method's default ``kdatlas run``, side by side.
+
+    python benchmarks/blackbox_runs.py [--methods alpaca,lion] [--write]
+
+With a fresh cache directory, so nothing is reused from earlier runs, it measures:
+
+1. the embedded instruction teacher's first-use training, and its exact accuracy per meta-task
+   (the teacher card);
+2. every black-box method's default run twice: the first generates its data with the teacher
+   (the response cache starts empty, except what earlier methods in the same benchmark cached —
+   Alpaca's instructions are shared with GPT-4-LLM and the reflection methods, as a user's runs
+   share them), the second is the same command again, answered from the cache (the budget of
+   issue 6: about a minute on 2 CPU cores, teacher and generation cached).
+
+Prints and (``--write``) saves ``benchmarks/BLACKBOX_RESULTS.md``: per method the teacher's, the
+seed-only baseline's and the distilled student's exact match (overall and per group), the
+pipeline's teacher calls and kept examples, and both times. Raw metrics and configs go to
+``benchmarks/results/blackbox/<id>.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "benchmarks" / "results" / "blackbox"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--methods", help="comma-separated ids (default: every black-box method)")
+    parser.add_argument(
+        "--write", action="store_true", help="save benchmarks/BLACKBOX_RESULTS.md and the raw results"
+    )
+    parser.add_argument(
+        "--keep-cache", action="store_true", help="use the normal cache instead of a fresh one"
+    )
+    args = parser.parse_args()
+
+    if not args.keep_cache:
+        os.environ["KDATLAS_CACHE"] = tempfile.mkdtemp(prefix="kdatlas-blackbox-bench-")
+    import torch
+
+    from kdatlas.runner import build_recipe
+    from reference_impls.blackbox.instruct_teacher import instruct_teacher_dir, load_or_train_instruct_teacher
+    from reference_impls.blackbox.pipeline import PipelineConfig, PipelineRecipe, run_pipeline
+    from reference_impls.registry import registered_methods
+
+    torch.set_num_threads(min(2, os.cpu_count() or 1))
+    start = time.perf_counter()
+    load_or_train_instruct_teacher("cpu", progress=False)
+    teacher_seconds = time.perf_counter() - start
+    card = json.loads((instruct_teacher_dir() / "teacher_card.json").read_text())
+    print(
+        f"instruction teacher build: {teacher_seconds:.0f} s; accuracy per meta-task: {card['meta_task_accuracy']}"
+    )
+
+    pipelines = sorted(
+        m for m, r in registered_methods().items() if isinstance(build_recipe(m, {}), PipelineRecipe)
+    )
+    methods = args.methods.split(",") if args.methods else pipelines
+    rows = []
+    for method_id in methods:
+        recipe = build_recipe(method_id, {})
+        config = PipelineConfig(device="cpu", progress=False)
+        first = time.perf_counter()
+        result = run_pipeline(recipe, config)
+        first = time.perf_counter() - first
+        again = time.perf_counter()
+        run_pipeline(recipe, config)
+        again = time.perf_counter() - again
+        metrics = result.metrics
+        groups = sorted(k for k in metrics["distilled"] if k.startswith("exact_match ("))
+        row = {
+            "method": method_id,
+            "evaluation": result.config["evaluation"]["name"],
+            "metrics": metrics,
+            "groups": groups,
+            "teacher_requests": result.config["pipeline"].get("teacher_requests", 0),
+            "training_examples": result.config["pipeline"]["training_examples"],
+            "first_seconds": first,
+            "cached_seconds": again,
+            "config": result.config,
+        }
+        rows.append(row)
+        em = {role: metrics[role]["exact_match"] for role in ("teacher", "baseline", "distilled")}
+        print(
+            f"{method_id:<28} EM teacher {em['teacher']:.3f} baseline {em['baseline']:.3f} "
+            f"distilled {em['distilled']:.3f}  first {first:5.1f} s  cached {again:5.1f} s",
+            flush=True,
+        )
+
+    if args.write:
+        RESULTS.mkdir(parents=True, exist_ok=True)
+        for row in rows:
+            (RESULTS / f"{row['method']}.json").write_text(json.dumps(row, indent=2, default=str) + "\n")
+        (RESULTS / "teacher_card.json").write_text(
+            json.dumps({**card, "build_seconds": teacher_seconds}, indent=2) + "\n"
+        )
+        lines = [
+            f"Produced by `python benchmarks/blackbox_runs.py --write` on {platform.machine()}, "
+            f"{os.cpu_count()} cores, torch threads {torch.get_num_threads()}, {time.strftime('%Y-%m-%d')}; "
+            "fresh cache. Exact match on each method's held-out evaluation; *first* includes the "
+            "teacher's generation (and the baseline), *cached* is the same command again.",
+            "",
+            "| method | evaluation | teacher | seed-only baseline | distilled | by group (baseline → distilled) | teacher calls | training examples | first (s) | cached (s) |",
+            "|---|---|---:|---:|---:|---|---:|---:|---:|---:|",
+        ]
+        for row in rows:
+            m = row["metrics"]
+            groups = "; ".join(
+                f"{g[len('exact_match (') : -1]}: {m['baseline'][g]:.3f} → {m['distilled'][g]:.3f}"
+                for g in row["groups"]
+            )
+            lines.append(
+                f"| [{row['method']}](taxonomy/black-box/instruction-following/{row['method']}.md) | {row['evaluation']} | "
+                f"{m['teacher']['exact_match']:.3f} | {m['baseline']['exact_match']:.3f} | "
+                f"{m['distilled']['exact_match']:.3f} | {groups} | {row['teacher_requests']} | "
+                f"{row['training_examples']} | {row['first_seconds']:.0f} | {row['cached_seconds']:.0f} |"
+            )
+        accuracy = card["meta_task_accuracy"]
+        lines += [
+            "",
+            f"The instruction teacher ({card['key']}, built in {teacher_seconds:.0f} s), greedy exact accuracy "
+            "per meta-task on 100 held-out prompts each:",
+            "",
+            "| " + " | ".join(accuracy) + " |",
+            "|" + "---:|" * len(accuracy),
+            "| " + " | ".join(f"{v:.2f}" for v in accuracy.values()) + " |",
+            "",
+        ]
+        (REPO / "benchmarks" / "BLACKBOX_RESULTS.md").write_text("\n".join(lines), encoding="utf-8")
+        print("wrote benchmarks/BLACKBOX_RESULTS.md")
+
+
+if __name__ == "__main__":
+    main()
