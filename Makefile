@@ -9,7 +9,7 @@ TORCH_SPEC ?= torch==2.13.0
 export NO_MKDOCS_2_WARNING := 1
 export DISABLE_MKDOCS_2_WARNING := true
 
-.PHONY: setup test lint serve docs validate bench bench-fused clean
+.PHONY: setup test lint serve docs validate bench bench-fused bench-blackbox clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -41,6 +41,9 @@ serve: setup
 
 bench: setup
 	$(PY) benchmarks/run_times.py
+
+bench-blackbox: setup  # every black-box pipeline's default run, first and cached (~30 min on 2 cores)
+	PYTHONPATH=. $(PY) benchmarks/blackbox_runs.py
 
 bench-fused: setup  # fused vs naive distillation loss, CPU (~5 min); on a GPU: benchmarks/fused_loss_gpu.sh
 	PYTHONPATH=. $(PY) benchmarks/fused_loss.py

@@ -45,8 +45,6 @@ def main() -> None:
     )
     args = parser.parse_args()
 
-    if not args.keep_cache:
-        os.environ["KDATLAS_CACHE"] = tempfile.mkdtemp(prefix="kdatlas-blackbox-bench-")
     import torch
 
     from kdatlas.runner import build_recipe
@@ -54,14 +52,22 @@ def main() -> None:
     from reference_impls.blackbox.pipeline import PipelineConfig, PipelineRecipe, run_pipeline
     from reference_impls.registry import registered_methods
 
+    built = instruct_teacher_dir()
+    if not args.keep_cache:
+        os.environ["KDATLAS_CACHE"] = tempfile.mkdtemp(prefix="kdatlas-blackbox-bench-")
+        if args.reuse_teacher and (built / "teacher_card.json").exists():
+            # Only the teacher is reused (its build is timed separately); responses start empty.
+            target = instruct_teacher_dir()
+            target.parent.mkdir(parents=True)
+            target.symlink_to(built)
     torch.set_num_threads(min(2, os.cpu_count() or 1))
+    reused = instruct_teacher_dir().is_symlink()
     start = time.perf_counter()
     load_or_train_instruct_teacher("cpu", progress=False)
-    teacher_seconds = time.perf_counter() - start
+    teacher_seconds = None if reused else time.perf_counter() - start
     card = json.loads((instruct_teacher_dir() / "teacher_card.json").read_text())
-    print(
-        f"instruction teacher build: {teacher_seconds:.0f} s; accuracy per meta-task: {card['meta_task_accuracy']}"
-    )
+    build = "reused, not timed" if teacher_seconds is None else f"{teacher_seconds:.0f} s"
+    print(f"instruction teacher build: {build}; accuracy per meta-task: {card['meta_task_accuracy']}")
 
     pipelines = sorted(
         m for m, r in registered_methods().items() if isinstance(build_recipe(m, {}), PipelineRecipe)
@@ -108,7 +114,7 @@ def main() -> None:
         lines = [
             f"Produced by `python benchmarks/blackbox_runs.py --write` on {platform.machine()}, "
             f"{os.cpu_count()} cores, torch threads {torch.get_num_threads()}, {time.strftime('%Y-%m-%d')}; "
-            "fresh cache. Exact match on each method's held-out evaluation; *first* includes the "
+            "fresh response cache. Exact match on each method's held-out evaluation; *first* includes the "
             "teacher's generation (and the baseline), *cached* is the same command again.",
             "",
             "| method | evaluation | teacher | seed-only baseline | distilled | by group (baseline → distilled) | teacher calls | training examples | first (s) | cached (s) |",
@@ -121,7 +127,7 @@ def main() -> None:
                 for g in row["groups"]
             )
             lines.append(
-                f"| [{row['method']}](taxonomy/black-box/instruction-following/{row['method']}.md) | {row['evaluation']} | "
+                f"| [{row['method']}](entries/{row['method']}.md) | {row['evaluation']} | "
                 f"{m['teacher']['exact_match']:.3f} | {m['baseline']['exact_match']:.3f} | "
                 f"{m['distilled']['exact_match']:.3f} | {groups} | {row['teacher_requests']} | "
                 f"{row['training_examples']} | {row['first_seconds']:.0f} | {row['cached_seconds']:.0f} |"
@@ -129,8 +135,8 @@ def main() -> None:
         accuracy = card["meta_task_accuracy"]
         lines += [
             "",
-            f"The instruction teacher ({card['key']}, built in {teacher_seconds:.0f} s), greedy exact accuracy "
-            "per meta-task on 100 held-out prompts each:",
+            f"The instruction teacher ({card['key']}; build {build}), greedy exact accuracy per meta-task "
+            "on 100 held-out prompts each (the teacher card):",
             "",
             "| " + " | ".join(accuracy) + " |",
             "|" + "---:|" * len(accuracy),

@@ -3,17 +3,21 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from reference_impls.blackbox.cache import ResponseCache
 from reference_impls.blackbox.http_teacher import OpenAICompatibleTeacher
+from reference_impls.blackbox.instruct_teacher import InstructTeacherRecipe, load_or_train_instruct_teacher
+from reference_impls.blackbox.pipeline import PipelineConfig, run_pipeline
 from reference_impls.blackbox.requests import GenerationRequest
 from reference_impls.blackbox.server import serve_in_thread
 from reference_impls.blackbox.teacher import LocalTeacher
 from reference_impls.common.models import build_decoder, build_student_config
 from reference_impls.common.tokenizer import build_tokenizer
+from reference_impls.instruction_following.alpaca import alpaca_recipe
 
 
 @pytest.fixture(scope="module")
@@ -86,3 +90,51 @@ def test_cached_generate_answers_like_the_teacher_and_caches_each_sample(tmp_pat
     assert with_logprobs.logprobs and len(with_logprobs.logprobs[0].top_logprobs) == 2
     (cached,) = cached_generate(teacher, [GenerationRequest(prompt="x", logprobs=2)], path, progress=False)
     assert cached == with_logprobs and sum(calls) == 6
+
+
+# A small instruction teacher (about 20 s to train on 2 cores, cached): good enough to write
+# well-formed instructions some of the time, which is all the HTTP equivalence test needs.
+SMALL_TEACHER = InstructTeacherRecipe(steps=600, batch_size=32, train_size=19200, layers=2, width=64, ffn=128)
+
+
+@pytest.fixture(scope="module")
+def small_teacher() -> tuple[object, object]:
+    return load_or_train_instruct_teacher("cpu", progress=False, recipe=SMALL_TEACHER)
+
+
+def _outcome(run: Callable[[], object]) -> tuple[str, object]:
+    """A run's data and metrics, or the error it raised (a weak teacher may keep nothing)."""
+    try:
+        result = run()
+    except ValueError as error:
+        return "error", str(error).split(" (")[0]
+    return "ok", (result.data, result.metrics, result.config["pipeline"])
+
+
+def test_pipeline_runs_unchanged_over_http(small_teacher: tuple, tmp_path: Path) -> None:
+    model, tokenizer = small_teacher
+    base_url, stop = serve_in_thread(model, tokenizer, model_name="small", max_new_tokens=64)
+    try:
+        recipe = alpaca_recipe(num_instructions=10)
+
+        def config(cache: str, **endpoint: object) -> PipelineConfig:
+            return PipelineConfig(
+                device="cpu", steps=3, eval_size=16, cache=str(tmp_path / cache), progress=False, **endpoint
+            )
+
+        local = _outcome(
+            lambda: run_pipeline(recipe, config("local.jsonl"), teacher=LocalTeacher(model, tokenizer))
+        )
+        http = config("http.jsonl", teacher_url=base_url, teacher_model="small", api_key_env=None)
+        # The teacher resolved from the URL, as `kdatlas run --teacher-url` does.
+        remote = _outcome(lambda: run_pipeline(recipe, http))
+        # The server generates with the same LocalTeacher code: the same data, the same students
+        # (or, for a teacher too weak to pass the filters, the same refusal).
+        assert remote == local
+        assert len((tmp_path / "http.jsonl").read_text().splitlines()) > 100  # it did talk to the server
+        counting = OpenAICompatibleTeacher(base_url, "small", api_key_env=None)
+        again = _outcome(lambda: run_pipeline(recipe, http, teacher=counting))
+        assert counting.stats.http_requests == 0, "a rerun must be served from the cache"
+        assert again == remote
+    finally:
+        stop()
