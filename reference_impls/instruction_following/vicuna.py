@@ -92,7 +92,8 @@ def split_conversation(
     turns: Sequence[Turn], tokenizer: PreTrainedTokenizerBase, max_length: int, *, loss_on: str = "assistant"
 ) -> tuple[list[TrainingExample], int]:
     """Pack whole turns greedily into training examples of at most ``max_length`` tokens (BOS and
-    EOS included), as FastChat's ``split_long_conversation.py`` does.
+    EOS included), as FastChat's ``split_long_conversation.py`` does (whose loop also loses the
+    last turn when that turn opens a new piece; here it is kept).
 
     Returns:
         The pieces, and how many turns were dropped for exceeding ``max_length`` on their own.
