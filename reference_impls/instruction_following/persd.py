@@ -15,7 +15,7 @@ $\mathcal{L} = -\sum \log q_\theta(y^{\text{ref}} \mid x)$, where the input $x$ 
   Code-Alpaca solutions instead (``create_chatgpt_only_refinement_data.py``); here the direct
   half is task → refinement, as the variants are described.
 
-Algorithm (paper §3; ``scripts/chatgpt_ilf_pipeline_auto_feedback_alpaca.sh`` and
+Algorithm (the paper's method; ``scripts/chatgpt_ilf_pipeline_auto_feedback_alpaca.sh`` and
 ``code/create_alpaca_finetuning_data_from_chatgpt_refinements.py`` of
 ``SalesforceAIResearch/PersDistill``):
 

@@ -7,7 +7,7 @@ conversation that asks, type by type, for the mentions of that type; the answer 
 mention list. Because an open annotation only names types that *are* present, **negative
 sampling** adds queries for types that are absent, answered by an empty list; the paper samples
 the negative types from all types in the data by frequency, which beats uniform sampling and no
-negatives at all (§5.4 ablation). The student (LLaMA) is fine-tuned on the conversations with the
+negatives at all (the paper's ablation, as summarised secondhand). The student (LLaMA) is fine-tuned on the conversations with the
 loss on the assistant turns only,
 
 $$\mathcal{L} = -\sum_{i=1}^{T} \log q_\theta(y_i \mid x_{\text{passage}}, t_1, y_1, \dots, t_i),$$
@@ -15,7 +15,7 @@ $$\mathcal{L} = -\sum_{i=1}^{T} \log q_\theta(y_i \mid x_{\text{passage}}, t_1, 
 where $t_i$ is the $i$-th queried type and $y_i$ the teacher's mentions of it (empty for a
 negative type).
 
-Algorithm (§3 of the paper; data construction prompt on the project page; FastChat-based
+Algorithm (the paper's data construction; the annotation prompt on the project page; FastChat-based
 ``src/train/fastchat/train/train.py`` of ``universal-ner/universal-ner``):
 
 1. Sample passages from a broad unlabelled corpus (here: `suite.random_passage` from the
@@ -23,7 +23,7 @@ Algorithm (§3 of the paper; data construction prompt on the project page; FastC
 2. Ask the teacher for an open annotation of each passage (``ner: k3aZe =`` →
    ``digit 3; vowel a e; upper Z``); drop empty, truncated and unparsable output (counted).
 3. Positive queries: one per type in the annotation, answered with the teacher's mentions, even
-   when they are wrong (the paper does not verify ChatGPT's labels).
+   when they are wrong (the teacher's labels are trained on as they are).
 4. Negative queries: types absent from the annotation, answered ``none``
    (`suite.NO_ENTITY`); up to ``negatives_per_passage`` per passage, drawn without replacement
    with probability proportional to each type's frequency in all annotations (add-one
@@ -137,7 +137,7 @@ def universalner_recipe(
         num_passages: Passages annotated by the teacher (45,889 Pile passages in the paper's
             Pile-NER-type data; scaled to the embedded budget).
         negative_sampling: Add queries for absent types answered ``none`` (the paper's default;
-            §5.4 ablation: no negatives < uniform < frequency-based sampling).
+            its ablation: no negatives < uniform < frequency-based sampling).
         negatives_per_passage: Most negative types per passage, drawn by frequency. The paper
             gives no count we could verify; 3 (all absent types of the suite's 3) keeps the
             positive/negative mix of the test queries.
