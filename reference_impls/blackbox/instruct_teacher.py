@@ -48,12 +48,6 @@ class InstructTeacherRecipe:
     ffn: int = 256
 
 
-# A few steps only: for tests of the mechanics, not of teacher quality.
-QUICK_INSTRUCT_RECIPE = InstructTeacherRecipe(
-    steps=3, batch_size=8, train_size=64, layers=1, width=32, ffn=64
-)
-
-
 def _config(recipe: InstructTeacherRecipe, tokenizer: PreTrainedTokenizerBase):
     heads = max(1, recipe.width // 32)
     return _decoder_config(tokenizer, layers=recipe.layers, width=recipe.width, heads=heads, ffn=recipe.ffn)

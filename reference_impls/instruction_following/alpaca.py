@@ -28,7 +28,32 @@ from reference_impls.blackbox.instructions import (
     bootstrap_instructions,
 )
 from reference_impls.blackbox.pipeline import DistilledData, PipelineContext, PipelineRecipe
+from reference_impls.common.tasks import Example
 from reference_impls.registry import register
+
+# The tag of Alpaca's generation requests: another pipeline that calls `alpaca_instructions`
+# with Alpaca's settings asks the same requests and reuses the cached generations.
+ALPACA_TAG = "alpaca"
+
+
+def alpaca_settings(
+    prompt_instructions: int = 3, temperature: float = 1.0, top_p: float = 1.0, novelty_threshold: float = 0.7
+) -> GenerationSettings:
+    """Alpaca's generation: seed demonstrations only, sampled (``generate_instruction.py``)."""
+    return GenerationSettings(
+        human_demos=prompt_instructions,
+        machine_demos=0,
+        temperature=temperature,
+        top_p=top_p,
+        novelty_threshold=novelty_threshold,
+    )
+
+
+def alpaca_instructions(
+    context: PipelineContext, num_instructions: int, settings: GenerationSettings
+) -> list[Example]:
+    """Alpaca's instruction generation (shared through the response cache under ``ALPACA_TAG``)."""
+    return bootstrap_instructions(context, num_instructions, settings, tag=ALPACA_TAG)
 
 
 @register("alpaca")
@@ -50,16 +75,10 @@ def alpaca_recipe(
     """
     if num_instructions < 1 or prompt_instructions < 1:
         raise ValueError("num_instructions and prompt_instructions must be >= 1")
-    settings = GenerationSettings(
-        human_demos=prompt_instructions,
-        machine_demos=0,
-        temperature=temperature,
-        top_p=top_p,
-        novelty_threshold=novelty_threshold,
-    )
+    settings = alpaca_settings(prompt_instructions, temperature, top_p, novelty_threshold)
 
     def build(context: PipelineContext) -> DistilledData:
-        instructions = bootstrap_instructions(context, num_instructions, settings, tag="alpaca")
+        instructions = alpaca_instructions(context, num_instructions, settings)
         return DistilledData(answer_instructions(context, instructions, tag="alpaca answers"))
 
     return PipelineRecipe(

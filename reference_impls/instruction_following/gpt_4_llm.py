@@ -38,16 +38,15 @@ from collections.abc import Mapping, Sequence
 from reference_impls.blackbox import suite
 from reference_impls.blackbox.filters import count
 from reference_impls.blackbox.instructions import (
-    GenerationSettings,
     answer_instructions,
-    bootstrap_instructions,
 )
 from reference_impls.blackbox.pipeline import DistilledData, PipelineContext, PipelineRecipe
 from reference_impls.blackbox.sft import TrainingExample
 from reference_impls.common.tasks import Example
 from reference_impls.registry import register
 
-ALPACA_TAG = "alpaca"  # the tag of alpaca.py's generation: same requests, same cache entries
+from .alpaca import alpaca_instructions, alpaca_settings
+
 COMPARISONS = "gpt-4-llm comparisons"
 
 
@@ -151,16 +150,10 @@ def gpt_4_llm_recipe(
         raise ValueError(f"top_p must be in (0, 1], got {top_p}")
     if not 0.0 <= novelty_threshold <= 1.0:
         raise ValueError(f"novelty_threshold must be in [0, 1], got {novelty_threshold}")
-    settings = GenerationSettings(
-        human_demos=prompt_instructions,
-        machine_demos=0,
-        temperature=temperature,
-        top_p=top_p,
-        novelty_threshold=novelty_threshold,
-    )
+    settings = alpaca_settings(prompt_instructions, temperature, top_p, novelty_threshold)
 
     def build(context: PipelineContext) -> DistilledData:
-        instructions = bootstrap_instructions(context, num_instructions, settings, tag=ALPACA_TAG)
+        instructions = alpaca_instructions(context, num_instructions, settings)
         examples = answer_instructions(
             context, instructions, tag="gpt-4-llm answers", temperature=answer_temperature
         )

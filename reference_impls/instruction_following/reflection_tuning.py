@@ -133,6 +133,23 @@ def correct_rate(pairs: Sequence[Pair]) -> float:
     return round(hits / max(1, len(pairs)), 4)
 
 
+def check_reflection_options(num_instructions: int, instruction_operation: str, temperature: float) -> None:
+    """The hyper-parameters V1 and V2 share.
+
+    Raises:
+        ValueError: Naming the parameter and its allowed values.
+    """
+    if num_instructions < 1:
+        raise ValueError(f"num_instructions must be >= 1, got {num_instructions}")
+    if instruction_operation not in INSTRUCTION_OPERATIONS:
+        raise ValueError(
+            f"instruction_operation must be one of {', '.join(INSTRUCTION_OPERATIONS)}, "
+            f"got {instruction_operation!r}"
+        )
+    if temperature < 0:
+        raise ValueError(f"temperature must be >= 0, got {temperature}")
+
+
 @register("reflection-tuning")
 def reflection_tuning_recipe(
     num_instructions: int = 600,
@@ -149,15 +166,7 @@ def reflection_tuning_recipe(
             difficult" new instruction) or ``"widen"`` (a different instruction of the same depth).
         temperature: Sampling temperature of the reflection calls (0.0, ``reflect_response.py``).
     """
-    if num_instructions < 1:
-        raise ValueError(f"num_instructions must be >= 1, got {num_instructions}")
-    if instruction_operation not in INSTRUCTION_OPERATIONS:
-        raise ValueError(
-            f"instruction_operation must be one of {', '.join(INSTRUCTION_OPERATIONS)}, "
-            f"got {instruction_operation!r}"
-        )
-    if temperature < 0:
-        raise ValueError(f"temperature must be >= 0, got {temperature}")
+    check_reflection_options(num_instructions, instruction_operation, temperature)
 
     def build(context: PipelineContext) -> DistilledData:
         pool = alpaca_pool(context, num_instructions)

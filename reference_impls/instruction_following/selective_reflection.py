@@ -52,9 +52,9 @@ from reference_impls.blackbox.sft import TrainingExample
 from reference_impls.registry import register
 
 from .reflection_tuning import (
-    INSTRUCTION_OPERATIONS,
     Pair,
     alpaca_pool,
+    check_reflection_options,
     correct_rate,
     reflect_instructions,
     reflect_responses,
@@ -165,15 +165,7 @@ def selective_reflection_recipe(
             raw pre-trained student; the embedded student needs a little training to have any
             statistics).
     """
-    if num_instructions < 1:
-        raise ValueError(f"num_instructions must be >= 1, got {num_instructions}")
-    if instruction_operation not in INSTRUCTION_OPERATIONS:
-        raise ValueError(
-            f"instruction_operation must be one of {', '.join(INSTRUCTION_OPERATIONS)}, "
-            f"got {instruction_operation!r}"
-        )
-    if temperature < 0:
-        raise ValueError(f"temperature must be >= 0, got {temperature}")
+    check_reflection_options(num_instructions, instruction_operation, temperature)
     if not score_ceiling > 0:
         raise ValueError(f"score_ceiling must be > 0, got {score_ceiling}")
     if top_k is not None and top_k < 1:

@@ -29,6 +29,7 @@ BibTeX: ``wang2023selfinstruct``.
 from __future__ import annotations
 
 from reference_impls.blackbox import suite
+from reference_impls.blackbox.filters import count
 from reference_impls.blackbox.instructions import (
     GenerationSettings,
     answer_instructions,
@@ -106,9 +107,7 @@ def generate_instances(
     for task, completion in zip(tasks, completions, strict=True):
         parsed = suite.parse_instruction(completion.text)
         if parsed is None or parsed.task != task or parsed.prompt in seen:
-            context.stats["self-instruct instances: dropped"] = (
-                context.stats.get("self-instruct instances: dropped", 0) + 1
-            )
+            count(context.stats, "self-instruct instances: dropped")
             continue
         seen.add(parsed.prompt)
         instances.append(parsed)
