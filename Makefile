@@ -42,8 +42,8 @@ serve: setup
 bench: setup
 	$(PY) benchmarks/run_times.py
 
-bench-blackbox: setup  # every black-box pipeline's default run, first and cached (~30 min on 2 cores)
-	PYTHONPATH=. $(PY) benchmarks/blackbox_runs.py
+bench-blackbox: setup  # every black-box pipeline: default run first and cached, ablations, larger budget, seeds (~20 min on 2 cores)
+	PYTHONPATH=. $(PY) benchmarks/blackbox_runs.py --write
 
 bench-fused: setup  # fused vs naive distillation loss, CPU (~5 min); on a GPU: benchmarks/fused_loss_gpu.sh
 	PYTHONPATH=. $(PY) benchmarks/fused_loss.py

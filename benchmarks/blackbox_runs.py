@@ -1,6 +1,6 @@
 """Run every black-box (instruction-following) method's default ``kdatlas run``, side by side.
 
-    python benchmarks/blackbox_runs.py [--methods alpaca,lion] [--write]
+    python benchmarks/blackbox_runs.py [--methods alpaca,lion] [--write] [--reuse-teacher]
 
 With a fresh cache directory, so nothing is reused from earlier runs, it measures:
 
@@ -11,6 +11,11 @@ With a fresh cache directory, so nothing is reused from earlier runs, it measure
    Alpaca's instructions are shared with GPT-4-LLM and the reflection methods, as a user's runs
    share them), the second is the same command again, answered from the cache (the budget of
    issue 6: about a minute on 2 CPU cores, teacher and generation cached).
+
+3. the ablations the method pages point to (``ABLATIONS``), once each, and the methods that
+   target deep instructions at a larger step budget (``BUDGET_METHODS``, ``--budget-steps``);
+4. the seed-to-seed spread of one method (``--noise-method``, seeds 0-2), the yardstick for
+   which differences between methods mean anything.
 
 Prints and (``--write``) saves ``benchmarks/BLACKBOX_RESULTS.md``: per method the teacher's, the
 seed-only baseline's and the distilled student's exact match (overall and per group), the
@@ -31,6 +36,22 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results" / "blackbox"
 
+# The ablations the method pages point to: (method, --set overrides, what changes). Each runs
+# once after the defaults, from the same response cache.
+ABLATIONS = [
+    ("vicuna", {"loss_on": "all"}, "loss on every token (user turns too)"),
+    ("orca", {"system": "brief"}, "the same queries answered without explanations"),
+    ("universalner", {"negative_sampling": "false"}, "no negative sampling"),
+    ("gpt-4-llm", {"answer_temperature": "1.0"}, "Alpaca-style answers sampled at temperature 1"),
+    ("persd", {"variant": "persd"}, "PERsD without the refinement format"),
+    ("gpt4all", {"min_source_diversity": "0"}, "the low-diversity source kept"),
+    ("lion", {"referee": "teacher"}, "the teacher as referee instead of the exact checker"),
+]
+# At the default budget no student learns the deeper instructions (depths 2-3), where the
+# methods that target them (Evol-Instruct, Lion) should differ from uniform generation: these run
+# again with ``--budget-steps`` optimizer steps (baseline and distilled alike).
+BUDGET_METHODS = ["alpaca", "self-instruct", "evol-instruct", "lion"]
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(
@@ -42,6 +63,22 @@ def main() -> None:
     )
     parser.add_argument(
         "--keep-cache", action="store_true", help="use the normal cache instead of a fresh one"
+    )
+    parser.add_argument(
+        "--reuse-teacher",
+        action="store_true",
+        help="reuse the already built instruction teacher (its build is then not timed); the "
+        "response cache still starts empty",
+    )
+    parser.add_argument(
+        "--noise-method",
+        default="alpaca",
+        help="method rerun at other seeds to show the seed-to-seed spread (default: alpaca; '' skips)",
+    )
+    parser.add_argument("--noise-seeds", type=int, default=3, help="seeds 0..N-1 of --noise-method")
+    parser.add_argument("--no-ablations", action="store_true", help="skip the ablation runs")
+    parser.add_argument(
+        "--budget-steps", type=int, default=2400, help="steps of the larger-budget runs (0 skips them)"
     )
     args = parser.parse_args()
 
@@ -104,6 +141,49 @@ def main() -> None:
             flush=True,
         )
 
+    ablations = []
+    done = {row["method"]: row for row in rows}
+    for method_id, overrides, change in [] if args.no_ablations else ABLATIONS:
+        if method_id not in done:
+            continue
+        result = run_pipeline(build_recipe(method_id, overrides), PipelineConfig(device="cpu", progress=False))
+        ablations.append((method_id, overrides, change, result.metrics))
+        default_em = done[method_id]["metrics"]["distilled"]["exact_match"]
+        print(
+            f"{method_id} {overrides}: distilled EM {result.metrics['distilled']['exact_match']:.3f} "
+            f"(default {default_em:.3f})",
+            flush=True,
+        )
+
+    budget_runs = []
+    for method_id in BUDGET_METHODS if args.budget_steps else []:
+        if method_id not in done:
+            continue
+        tick = time.perf_counter()
+        result = run_pipeline(
+            build_recipe(method_id, {}), PipelineConfig(device="cpu", steps=args.budget_steps, progress=False)
+        )
+        budget_runs.append((method_id, result.metrics, time.perf_counter() - tick))
+        print(
+            f"{method_id} at {args.budget_steps} steps: distilled EM "
+            f"{result.metrics['distilled']['exact_match']:.3f}",
+            flush=True,
+        )
+
+    # The yardstick for "within noise": the same method at other seeds (student init, data order
+    # and the teacher's sampling seeds all change; the held-out test set does not).
+    spread: dict[int, dict[str, float]] = {}
+    if args.noise_method:
+        for row in rows:
+            if row["method"] == args.noise_method:
+                spread[0] = {role: row["metrics"][role]["exact_match"] for role in ("baseline", "distilled")}
+        for seed in range(len(spread), args.noise_seeds):
+            result = run_pipeline(
+                build_recipe(args.noise_method, {}), PipelineConfig(device="cpu", seed=seed, progress=False)
+            )
+            spread[seed] = {role: result.metrics[role]["exact_match"] for role in ("baseline", "distilled")}
+            print(f"{args.noise_method} seed {seed}: {spread[seed]}", flush=True)
+
     if args.write:
         RESULTS.mkdir(parents=True, exist_ok=True)
         for row in rows:
@@ -132,6 +212,59 @@ def main() -> None:
                 f"{m['distilled']['exact_match']:.3f} | {groups} | {row['teacher_requests']} | "
                 f"{row['training_examples']} | {row['first_seconds']:.0f} | {row['cached_seconds']:.0f} |"
             )
+        if ablations:
+            lines += [
+                "",
+                "Ablations (`kdatlas run ID --set NAME=VALUE`), distilled student's exact match against the "
+                "default's from the table above:",
+                "",
+                "| method | `--set` | what changes | default | ablation | by group (default → ablation) |",
+                "|---|---|---|---:|---:|---|",
+            ]
+            for method_id, overrides, change, metrics in ablations:
+                default = done[method_id]["metrics"]["distilled"]
+                groups = "; ".join(
+                    f"{g[len('exact_match (') : -1]}: {default[g]:.3f} → {metrics['distilled'][g]:.3f}"
+                    for g in done[method_id]["groups"]
+                    if g in metrics["distilled"]
+                )
+                setting = " ".join(f"{k}={v}" for k, v in overrides.items())
+                lines.append(
+                    f"| [{method_id}](entries/{method_id}.md) | `{setting}` | {change} | "
+                    f"{default['exact_match']:.3f} | {metrics['distilled']['exact_match']:.3f} | {groups} |"
+                )
+        if budget_runs:
+            depths = [g for g in done[budget_runs[0][0]]["groups"]]
+            lines += [
+                "",
+                f"The same defaults at {args.budget_steps} optimizer steps instead of the default "
+                f"{PipelineConfig().steps} (`kdatlas run ID --steps {args.budget_steps}`; baseline and distilled "
+                "alike), distilled student's exact match:",
+                "",
+                "| method | steps | seed-only baseline | distilled | "
+                + " | ".join(g[len("exact_match (") : -1] for g in depths)
+                + " | time (s) |",
+                "|---|---:|---:|---:|" + "---:|" * len(depths) + "---:|",
+            ]
+            for method_id, metrics, seconds in budget_runs:
+                lines.append(
+                    f"| [{method_id}](entries/{method_id}.md) | {args.budget_steps} | "
+                    f"{metrics['baseline']['exact_match']:.3f} | {metrics['distilled']['exact_match']:.3f} | "
+                    + " | ".join(f"{metrics['distilled'][g]:.3f}" for g in depths)
+                    + f" | {seconds:.0f} |"
+                )
+        if spread:
+            seeds = sorted(spread)
+            lines += [
+                "",
+                f"Seed-to-seed spread ({args.noise_method}, seeds {', '.join(map(str, seeds))}; each seed "
+                "changes the student's initialisation, the data order and the teacher's samples): "
+                "seed-only baseline "
+                + ", ".join(f"{spread[s]['baseline']:.3f}" for s in seeds)
+                + "; distilled "
+                + ", ".join(f"{spread[s]['distilled']:.3f}" for s in seeds)
+                + ". Differences between methods smaller than this spread are not evidence either way.",
+            ]
         accuracy = card["meta_task_accuracy"]
         lines += [
             "",

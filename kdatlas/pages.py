@@ -318,12 +318,61 @@ def render_hyperparameters(entry: Entry) -> str:
     return "\n".join([*lines, "", "</div>"])
 
 
+def is_text_pipeline(entry: Entry) -> bool:
+    """Whether the entry's implementation is a black-box data pipeline (the teacher's text only),
+    run by `reference_impls.blackbox.pipeline` rather than the white-box training harness."""
+    return entry.teacher_access is TeacherAccess.text
+
+
+def _render_tabs(tabs: list[tuple[str, str, str]]) -> str:
+    blocks = []
+    for title, command, note in tabs:
+        blocks.append(f'=== "{title}"\n\n    ```bash\n    {command}\n    ```\n\n    {note}')
+    return "\n\n".join(blocks)
+
+
+def render_pipeline_run_tabs(entry: Entry) -> str:
+    """'Run it' tabs of a black-box pipeline: embedded teacher, an HTTP endpoint, a local model."""
+    access = relative_link(entry_page(entry.id), "black-box-access.md")
+    return _render_tabs(
+        [
+            (
+                "CPU",
+                f"kdatlas run {entry.id}",
+                "Runs with no arguments: the embedded instruction teacher (trained once and cached) "
+                "writes the data through its text interface only, every teacher call is cached (a "
+                "rerun makes none), and the table compares the distilled student with the same student "
+                "trained on the seed data alone and with the teacher. The run directory keeps the "
+                "distilled data as `data.jsonl`.",
+            ),
+            (
+                "HTTP teacher",
+                f"kdatlas run {entry.id} --teacher-url http://127.0.0.1:8765/v1 --teacher-model NAME "
+                "--api-key-env OPENAI_API_KEY",
+                "Any OpenAI-compatible endpoint (OpenAI, vLLM, TGI, llama.cpp); the key is read from "
+                "the named environment variable and never written to logs or the run directory. "
+                "`kdatlas serve-teacher` serves the embedded teacher this way. The prompts and the "
+                "exact evaluation are the embedded suite's, so the teacher must follow its plain-text "
+                f"formats ([black-box teacher access]({access})).",
+            ),
+            (
+                "Local model",
+                f"kdatlas run {entry.id} --device cuda --teacher PATH --student PATH",
+                "`PATH` is a local directory or a Hugging Face hub id; the teacher is still used "
+                "through generated text only, so teacher and student may use different tokenizers.",
+            ),
+        ]
+    )
+
+
 def render_run_tabs(entry: Entry) -> str:
     """'Run it' content tabs (CPU / GPU / multi-GPU) for an implemented entry; otherwise what is missing."""
     if entry.status is Status.planned:
         return f'!!! info "Not runnable yet"\n\n    {entry.status_reason}'
     if entry.status is not Status.implemented:
         return f"Nothing to run: this entry is a{'n' if entry.kind.value[0] in 'aeiou' else ''} {entry.kind.value}."
+    if is_text_pipeline(entry):
+        return render_pipeline_run_tabs(entry)
     tabs = [
         (
             "CPU",
@@ -344,10 +393,31 @@ def render_run_tabs(entry: Entry) -> str:
             "Uses your Accelerate configuration (`accelerate config`): DDP, FSDP or DeepSpeed.",
         ),
     ]
-    blocks = []
-    for title, command, note in tabs:
-        blocks.append(f'=== "{title}"\n\n    ```bash\n    {command}\n    ```\n\n    {note}')
-    return "\n\n".join(blocks)
+    return _render_tabs(tabs)
+
+
+def render_pipeline_snippet(entry: Entry) -> str:
+    """'Use the pipeline in your own code': the recipe run against a teacher endpoint, and its data."""
+    if entry.implementation is None or not entry.implementation.api:
+        return ""
+    module, _, name = entry.implementation.api[0].rpartition(".")
+    code = (
+        "from reference_impls.blackbox.pipeline import PipelineConfig, run_pipeline\n"
+        f"from {module} import {name}\n\n"
+        f"recipe = {name}()  # keyword arguments: the hyper-parameters above\n"
+        'config = PipelineConfig(teacher_url="http://127.0.0.1:8765/v1", teacher_model="NAME")\n'
+        "result = run_pipeline(recipe, config)\n"
+        "print(result.metrics)  # seed-only baseline, distilled student, teacher\n"
+        "for example in result.data:  # the distilled data (data.jsonl of a `kdatlas run`)\n"
+        "    example.segments  # ((text, supervised), ...): train your own SFT loop on it"
+    )
+    intro = (
+        "A black-box method is a data pipeline: it reaches the teacher only through generated text, "
+        "filters what comes back, and fine-tunes the student on the result with the ordinary "
+        "next-token loss on the supervised segments. Run it in your own code, or take the data to "
+        "your own trainer."
+    )
+    return f"{intro}\n\n```python\n{code}\n```"
 
 
 def render_loss_snippet(entry: Entry, site: Site) -> str:
@@ -467,7 +537,11 @@ def render_entry(entry: Entry, site: Site) -> str:
         ("Algorithm", render_algorithm(entry)),
         ("Hyper-parameters", render_hyperparameters(entry) if entry.hyperparameters else ""),
         ("Run it", render_run_tabs(entry)),
-        ("Use the loss in your own trainer", render_loss_snippet(entry, site)),
+        (
+            ("Use the pipeline in your own code", render_pipeline_snippet(entry))
+            if is_text_pipeline(entry)
+            else ("Use the loss in your own trainer", render_loss_snippet(entry, site))
+        ),
     ]
     if entry.implementation is not None and entry.implementation.api:
         sections.append(("API", "\n\n".join(f"::: {dotted}" for dotted in entry.implementation.api)))

@@ -157,6 +157,18 @@ def verdict(metrics: dict[str, dict[str, float]]) -> str:
     )
 
 
+def pipeline_counts(method_id: str, counts: dict[str, Any]) -> Table:
+    """What the data pipeline asked of the teacher and what its filters kept (from its stats)."""
+    table = Table(title=f"{method_id}: data pipeline", title_justify="left")
+    table.add_column("step")
+    table.add_column("count", justify="right")
+    for name, value in counts.items():
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            continue
+        table.add_row(name.replace("_", " "), f"{value:,}" if isinstance(value, int) else f"{value:.4f}")
+    return table
+
+
 def pipeline_verdict(metrics: dict[str, dict[str, float]]) -> str:
     """One honest sentence for a black-box run: exact match of the distilled student against the
     seed-only baseline, with the teacher for reference."""
@@ -248,9 +260,13 @@ def _run_pipeline_method(
     out = out or default_run_dir(recipe.method_id)
     write_run_dir(out, result)
     write_data(out / "data.jsonl", result.data)
+    (out / "seconds.json").write_text(json.dumps(result.seconds, indent=2) + "\n", encoding="utf-8")
+    console.print(pipeline_counts(recipe.method_id, result.config["pipeline"]))
     console.print(comparison_table(recipe.method_id, result.metrics))
     console.print(pipeline_verdict(result.metrics))
-    console.print(f"[dim]run directory: {out} (config.json, metrics.json, curves.png, data.jsonl)[/]")
+    console.print(
+        f"[dim]run directory: {out} (config.json, metrics.json, curves.png, data.jsonl, seconds.json)[/]"
+    )
     return result
 
 

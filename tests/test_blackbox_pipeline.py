@@ -17,7 +17,7 @@ from reference_impls.blackbox.instructions import (
     answer_instructions,
     bootstrap_instructions,
 )
-from reference_impls.blackbox.pipeline import PipelineConfig, run_pipeline
+from reference_impls.blackbox.pipeline import EVALUATIONS, PipelineConfig, run_pipeline
 from reference_impls.blackbox.teacher import Completion
 from reference_impls.instruction_following.alpaca import alpaca_recipe
 from reference_impls.instruction_following.self_instruct import self_instruct_recipe
@@ -181,3 +181,47 @@ def test_recipes_refuse_bad_hyperparameters() -> None:
         alpaca_recipe(num_instructions=0)
     with pytest.raises(ValueError, match="num_instructions"):
         self_instruct_recipe(instances_per_instruction=-1)
+
+
+# ------------------------------------------------------------------------------ scoring and baselines
+
+
+def test_batched_response_nll_equals_one_sequence_at_a_time(tmp_path: Path) -> None:
+    import torch
+
+    from reference_impls.common.tokenizer import encode_pair
+
+    context = make_context(tmp_path)
+    model = context.new_student()
+    pairs = [(e.prompt, e.response) for e in suite.make_instructions("train", 9)] + [("", "abc")]
+    batched = context.response_nll(model, pairs)
+    for (prompt, response), value in zip(pairs, batched, strict=True):
+        ids, labels = encode_pair(context.tokenizer, prompt, response)
+        ids, labels = ids[:-1], labels[:-1]
+        with torch.no_grad():
+            logits = model(torch.tensor([ids])).logits[0, :-1]
+        targets = torch.tensor(labels[1:])
+        mask = targets != -100
+        direct = torch.nn.functional.cross_entropy(logits[mask], targets[mask])
+        assert value == pytest.approx(float(direct), abs=1e-4)
+
+
+@pytest.mark.parametrize("name", sorted(EVALUATIONS))
+def test_baseline_trains_on_seed_data_in_the_evaluated_format(name: str) -> None:
+    evaluation = EVALUATIONS[name]
+    data = evaluation.baseline_data(suite.seed_tasks(24), 24, 0)
+    assert len(data) == 24
+    tests = evaluation.examples(40)
+    test_prompts = {e.prompt for e in tests}
+    for example in data:
+        prompt = example.segments[0][0]
+        assert prompt not in test_prompts  # human-written seeds, never the held-out items
+    if name == "conversations":
+        assert all(len(e.segments) >= 4 for e in data)  # at least two turns each
+        assert all(not supervised for _, supervised in data[0].segments[::2])  # user turns masked
+    if name == "find":
+        assert {e.segments[0][0].split(":")[0] for e in data} & {e.prompt.split(":")[0] for e in tests}
+    if name in ("explained", "brief"):
+        system = suite.EXPLAIN if name == "explained" else suite.BRIEF
+        assert all(e.segments[0][0].startswith(system + suite.TURN_SEPARATOR) for e in data)
+        assert all(t.prompt.startswith(system + suite.TURN_SEPARATOR) for t in tests)

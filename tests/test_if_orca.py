@@ -135,6 +135,12 @@ def test_end_to_end_is_scored_on_explained_answers(tmp_path: Path) -> None:
     assert result.config["pipeline"]["training_examples"] == 12
 
 
+def test_each_student_is_asked_in_the_format_it_was_trained_on() -> None:
+    assert orca_recipe(system="explain").evaluation == "explained"
+    assert orca_recipe(system="mixed").evaluation == "explained"
+    assert orca_recipe(system="brief").evaluation == "brief"
+
+
 def test_bad_hyperparameters_are_refused() -> None:
     with pytest.raises(ValueError, match="num_queries"):
         orca_recipe(num_queries=0)

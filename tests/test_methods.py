@@ -140,6 +140,29 @@ def test_run_method_writes_the_run_directory(tmp_path: Path, tiny_run: dict[str,
     assert "closer to the teacher" in shown  # the verdict sentence
 
 
+def test_run_method_writes_a_pipeline_run_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    sys.path.insert(0, str(REPO / "tests"))
+    from blackbox_fakes import OracleTeacher
+
+    monkeypatch.setenv("KDATLAS_CACHE", str(tmp_path / "cache"))  # a fresh response cache
+    out = tmp_path / "run"
+    console = Console(record=True, width=120)
+    config = RunConfig(device="cpu", steps=2, progress=False)
+    run_method(
+        "alpaca", config, out=out, overrides={"num_instructions": "20"}, console=console,
+        teacher=OracleTeacher(),
+    )
+    assert set(json.loads((out / "metrics.json").read_text())) == {"teacher", "baseline", "distilled"}
+    data = (out / "data.jsonl").read_text().splitlines()
+    assert len(data) >= 20 and json.loads(data[0])["segments"][1][1] is True  # the answer is supervised
+    assert {"baseline", "data_pipeline", "distill", "total"} <= set(json.loads((out / "seconds.json").read_text()))
+    shown = console.export_text()
+    assert "alpaca: data pipeline" in shown and "teacher requests" in shown  # the counts table
+    assert "seed-only baseline in exact match" in shown  # the verdict sentence
+
+
 @pytest.mark.slow
 def test_default_budget_brings_the_student_closer_to_the_teacher(monkeypatch: pytest.MonkeyPatch) -> None:
     """The claim every method page makes, with the real embedded teacher and default budget.

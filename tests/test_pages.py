@@ -186,6 +186,30 @@ def test_entry_page_has_every_section(site: Site) -> None:
     assert "https://github.com/kdatlas/kdatlas/edit/main/taxonomy/white-box/logits/forward-kl.yaml" in page
 
 
+def test_black_box_entry_offers_the_pipeline_not_a_loss(site: Site) -> None:
+    entry = make_entry(
+        id="alpaca",
+        kind="method",
+        name="Alpaca",
+        teacher_access="text",
+        hyperparameters=[],
+        implementation={
+            "module": "reference_impls.instruction_following.alpaca",
+            "api": ["reference_impls.instruction_following.alpaca.alpaca_recipe"],
+        },
+    )
+    site.taxonomy.files[entry.id] = site.root / "taxonomy" / entry.branch / "alpaca.yaml"
+    page = render_entry(entry, site)
+    assert "kdatlas run alpaca\n" in page
+    assert "kdatlas run alpaca --teacher-url http://127.0.0.1:8765/v1" in page
+    assert "--api-key-env OPENAI_API_KEY" in page
+    assert "## Use the pipeline in your own code" in page
+    assert "recipe = alpaca_recipe()" in page and "run_pipeline(recipe, config)" in page
+    # nothing of the white-box route: no loss to call, no shared tokenizer, no Accelerate launch
+    assert "loss.backward()" not in page and "Use the loss" not in page
+    assert "share the tokenizer" not in page and "accelerate launch" not in page
+
+
 def test_planned_entry_says_what_is_missing_and_offers_no_commands(site: Site) -> None:
     page = render_entry(site.taxonomy.entries["minillm"], site)
     assert "planned — Needs on-policy sampling." in page

@@ -49,6 +49,9 @@ from .teacher import LocalTeacher, TextTeacher
 
 DEFAULT_STEPS = 600
 DEFAULT_SEED_TASKS = 24
+# Seed data in another format than the instruction seed tasks is drawn from its own stream.
+SEED_DATA_OFFSET = 1000
+NLL_BATCH_SIZE = 64
 DEFAULT_EVAL_SIZE = 240
 MAX_NEW_TOKENS = 40  # long enough for an explained depth-3 answer or an annotation
 
@@ -93,7 +96,8 @@ class PipelineConfig:
         teacher_model: Model name sent to ``teacher_url``.
         api_key_env: Environment variable with the endpoint's key (read at call time, never stored).
         student: Local model folder for the student; ``None`` → the embedded student.
-        seed_tasks: Number of human-written seed tasks.
+        seed_tasks: Number of human-written seed tasks (and of the baseline's seed examples when it is
+            evaluated on another format: conversations, typed queries).
         eval_size: Held-out examples scored.
         batch_size: Sequences per optimizer step.
         learning_rate: Peak AdamW learning rate.
@@ -196,15 +200,33 @@ class PipelineContext:
         """Mean token negative log-likelihood of each response given its prompt (``""`` for none),
         EOS excluded: ``log PPL(response | prompt)``."""
         model.eval()
-        values = []
+        encoded = []
         for prompt, response in pairs:
             ids, labels = encode_pair(self.tokenizer, prompt, response)
-            ids, labels = ids[:-1], labels[:-1]  # drop EOS: the response text only
-            logits = model(torch.tensor([ids], device=self.device)).logits[0, :-1].float()
-            targets = torch.tensor(labels[1:], device=self.device)
+            encoded.append((ids[:-1], labels[:-1]))  # drop EOS: the response text only
+        values = [0.0] * len(encoded)
+        # Right-padded batches of similar length: causal attention makes padding at the end
+        # invisible to the real tokens, so each value equals its own single-sequence pass.
+        order = sorted(range(len(encoded)), key=lambda i: len(encoded[i][0]))
+        for start in range(0, len(order), NLL_BATCH_SIZE):
+            rows = order[start : start + NLL_BATCH_SIZE]
+            width = max(len(encoded[i][0]) for i in rows)
+            ids = torch.zeros((len(rows), width), dtype=torch.long)
+            labels = torch.full((len(rows), width), -100, dtype=torch.long)
+            for row, i in enumerate(rows):
+                row_ids, row_labels = encoded[i]
+                ids[row, : len(row_ids)] = torch.tensor(row_ids)
+                labels[row, : len(row_labels)] = torch.tensor(row_labels)
+            attention = (torch.arange(width) < torch.tensor([len(encoded[i][0]) for i in rows])[:, None]).long()
+            logits = model(ids.to(self.device), attention_mask=attention.to(self.device)).logits[:, :-1].float()
+            targets = labels[:, 1:].to(self.device)
+            token_nll = torch.nn.functional.cross_entropy(
+                logits.transpose(1, 2), targets, ignore_index=-100, reduction="none"
+            )
             mask = targets != -100
-            nll = torch.nn.functional.cross_entropy(logits[mask], targets[mask], reduction="mean")
-            values.append(float(nll))
+            per_row = (token_nll * mask).sum(1) / mask.sum(1).clamp(min=1)
+            for row, i in enumerate(rows):
+                values[i] = float(per_row[row])
         return values
 
 
@@ -223,21 +245,58 @@ def _stable_int(text: str) -> int:
 # ----------------------------------------------------------------------------------- evaluation
 
 
+def _instruction_seed_data(seeds: Sequence[Example]) -> list[TrainingExample]:
+    return [TrainingExample.single(e.prompt, e.response) for e in seeds]
+
+
 @dataclass(frozen=True)
 class Evaluation:
-    """A held-out test set and how predictions are read (``read``: the answer in an output)."""
+    """A held-out test set and how predictions are read (``read``: the answer in an output).
+
+    ``baseline_data(seeds, n, seed)`` is what the seed-only baseline trains on: ``n`` human-written
+    examples in the format that is evaluated (by default the instruction seed tasks themselves),
+    so that the baseline is not scored on a format it never saw.
+    """
 
     examples: Callable[[int], list[Example]]
     read: Callable[[str], str] = lambda text: text
     by_group: Callable[[Example], str] | None = None
     description: str = ""
+    baseline_data: Callable[[Sequence[Example], int, int], list[TrainingExample]] = (
+        lambda seeds, n, seed: _instruction_seed_data(seeds)
+    )
 
 
-def _explained_tests(n: int) -> list[Example]:
-    return [
-        suite.with_prompt(e, suite.conversation_prompt([], e.prompt, system=suite.EXPLAIN))
-        for e in suite.make_instructions("test", n)
-    ]
+def _under(system: str, example: Example) -> Example:
+    return suite.with_prompt(example, suite.conversation_prompt([], example.prompt, system=system))
+
+
+def _system_evaluation(system: str, description: str) -> Evaluation:
+    """Held-out instructions asked under a system message; the answer after the last ``=>`` (or
+    the whole output, when it has none) is scored. The baseline's seed tasks carry the same
+    message, with the response that message asks for."""
+
+    def seed_data(seeds: Sequence[Example], n: int, seed: int) -> list[TrainingExample]:
+        respond = suite.explained if system == suite.EXPLAIN else (lambda e: e.response)
+        return [TrainingExample.single(_under(system, e).prompt, respond(e)) for e in seeds]
+
+    return Evaluation(
+        lambda n: [_under(system, e) for e in suite.make_instructions("test", n)],
+        read=lambda text: text.rsplit(suite.ANSWER_MARK.strip(), 1)[-1].strip(),
+        by_group=lambda e: f"depth {suite.depth_of(e)}",
+        description=description,
+        baseline_data=seed_data,
+    )
+
+
+def _conversation_seed_data(seeds: Sequence[Example], n: int, seed: int) -> list[TrainingExample]:
+    conversations = suite.make_conversations("train", n, seed=seed + SEED_DATA_OFFSET)
+    return [TrainingExample.conversation(c.turns) for c in conversations]
+
+
+def _find_seed_data(seeds: Sequence[Example], n: int, seed: int) -> list[TrainingExample]:
+    queries = suite.make_find_queries("train", n, seed=seed + SEED_DATA_OFFSET)
+    return [TrainingExample.single(e.prompt, e.response) for e in queries]
 
 
 EVALUATIONS: dict[str, Evaluation] = {
@@ -250,17 +309,20 @@ EVALUATIONS: dict[str, Evaluation] = {
         lambda n: [suite.last_turn_example(c) for c in suite.make_conversations("test", n)],
         by_group=lambda e: f"{e.label} turns",
         description="the last turn of held-out 2-3 turn conversations",
+        baseline_data=_conversation_seed_data,
     ),
     "find": Evaluation(
         lambda n: suite.make_find_queries("test", n),
         by_group=lambda e: "negative queries" if e.response == suite.NO_ENTITY else "positive queries",
         description="typed entity queries over held-out passages, about half negative",
+        baseline_data=_find_seed_data,
     ),
-    "explained": Evaluation(
-        _explained_tests,
-        read=lambda text: text.rsplit(suite.ANSWER_MARK.strip(), 1)[-1].strip(),
-        by_group=lambda e: f"depth {suite.depth_of(e)}",
-        description="held-out instructions under the 'explain' system prompt; the answer after '=>' is scored",
+    "explained": _system_evaluation(
+        suite.EXPLAIN,
+        "held-out instructions under the 'explain' system prompt; the answer after '=>' is scored",
+    ),
+    "brief": _system_evaluation(
+        suite.BRIEF, "held-out instructions under the 'brief' system prompt; the answer is scored"
     ),
 }
 
@@ -380,12 +442,12 @@ def run_pipeline(
     metrics["teacher"] = score([c.text for c in answers], test, evaluation)
     seconds["teacher_eval"] = time.perf_counter() - tick
 
-    # The baseline: the seed tasks only.
+    # The baseline: the human-written seed data only, in the evaluated format.
     tick = time.perf_counter()
     baseline = new_student()
-    seed_data = [TrainingExample.single(e.prompt, e.response) for e in context.seeds]
+    seed_data = evaluation.baseline_data(context.seeds, config.seed_tasks, config.seed)
     curves["baseline"] = context.fine_tune(
-        baseline, seed_data, config.steps, "Baseline student (seed tasks only)"
+        baseline, seed_data, config.steps, "Baseline student (seed data only)"
     )
     metrics["baseline"] = score(
         student_answers(baseline, tokenizer, [e.prompt for e in test]), test, evaluation
@@ -434,6 +496,7 @@ def run_pipeline(
         "teacher": {"id": teacher.identity()},
         "student": {"id": student_id, "parameters": count_parameters(distilled)},
         "seed_tasks": len(context.seeds),
+        "baseline_examples": len(seed_data),
         "cache": str(cache_path),
         "device": str(device),
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__},

@@ -28,6 +28,11 @@ FLAN sub-collection draws from, as reproduced in OpenOrca's generation code):
    kept, as in the paper (their rate is reported: ``teacher answers correct``).
 5. Fine-tune on (system message + query → teacher's response), the loss on the response only.
 
+Evaluation: held-out instructions asked under the message the student was trained with
+(``explain`` for ``"explain"`` and ``"mixed"``, ``brief`` for ``"brief"``), the answer after
+``=>`` (or the whole output) scored exactly; asking the answers-only student for explanations
+would score it on a prompt it never saw.
+
 *Progressive learning* (ChatGPT's 5M answers first, then GPT-4's 1M) is not offered: it needs two
 teachers of different strength, and a black-box run here has one. The same teacher sampled at a
 higher temperature, or a two-stage schedule over subsets of one teacher's answers, would be a
@@ -131,6 +136,8 @@ def orca_recipe(num_queries: int = 600, system: str = "explain") -> PipelineReci
     return PipelineRecipe(
         method_id="orca",
         build_data=build,
-        evaluation="explained",
+        # Each student is asked in the format it was trained on (the answer is read after
+        # "=>" either way), so the answers-only ablation is not scored on a prompt it never saw.
+        evaluation="brief" if system == suite.BRIEF else "explained",
         hyperparameters={"num_queries": num_queries, "system": system},
     )
