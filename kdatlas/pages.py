@@ -339,8 +339,9 @@ def render_pipeline_run_tabs(entry: Entry) -> str:
             (
                 "CPU",
                 f"kdatlas run {entry.id}",
-                "Runs with no arguments: the embedded instruction teacher (trained once and cached) "
-                "writes the data through its text interface only, every teacher call is cached (a "
+                f"Runs with no arguments ({CPU_RUNTIME}): the embedded instruction teacher (trained on "
+                "first use, about 10 minutes, then cached) writes the data through its text "
+                "interface only, every teacher call is cached (a "
                 "rerun makes none), and the table compares the distilled student with the same student "
                 "trained on the seed data alone and with the teacher. The run directory keeps the "
                 "distilled data as `data.jsonl`.",
