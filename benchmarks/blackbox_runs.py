@@ -32,6 +32,7 @@ import platform
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results" / "blackbox"
@@ -51,6 +52,11 @@ ABLATIONS = [
 # methods that target them (Evol-Instruct, Lion) should differ from uniform generation: these run
 # again with ``--budget-steps`` optimizer steps (baseline and distilled alike).
 BUDGET_METHODS = ["alpaca", "self-instruct", "evol-instruct", "lion"]
+
+
+def group_label(metric: str) -> str:
+    """``"exact_match (depth 2)"`` → ``"depth 2"``."""
+    return metric[len("exact_match (") : -1]
 
 
 def main() -> None:
@@ -110,15 +116,19 @@ def main() -> None:
         m for m, r in registered_methods().items() if isinstance(build_recipe(m, {}), PipelineRecipe)
     )
     methods = args.methods.split(",") if args.methods else pipelines
+
+    def run(method_id: str, overrides: dict[str, str] | None = None, **config: int) -> Any:
+        """``kdatlas run method_id`` on the CPU: ``--set`` overrides, ``config`` PipelineConfig fields."""
+        recipe = build_recipe(method_id, overrides or {})
+        return run_pipeline(recipe, PipelineConfig(device="cpu", progress=False, **config))
+
     rows = []
     for method_id in methods:
-        recipe = build_recipe(method_id, {})
-        config = PipelineConfig(device="cpu", progress=False)
         first = time.perf_counter()
-        result = run_pipeline(recipe, config)
+        result = run(method_id)
         first = time.perf_counter() - first
         again = time.perf_counter()
-        run_pipeline(recipe, config)
+        run(method_id)
         again = time.perf_counter() - again
         metrics = result.metrics
         groups = sorted(k for k in metrics["distilled"] if k.startswith("exact_match ("))
@@ -146,7 +156,7 @@ def main() -> None:
     for method_id, overrides, change in [] if args.no_ablations else ABLATIONS:
         if method_id not in done:
             continue
-        result = run_pipeline(build_recipe(method_id, overrides), PipelineConfig(device="cpu", progress=False))
+        result = run(method_id, overrides)
         ablations.append((method_id, overrides, change, result.metrics))
         default_em = done[method_id]["metrics"]["distilled"]["exact_match"]
         print(
@@ -160,9 +170,7 @@ def main() -> None:
         if method_id not in done:
             continue
         tick = time.perf_counter()
-        result = run_pipeline(
-            build_recipe(method_id, {}), PipelineConfig(device="cpu", steps=args.budget_steps, progress=False)
-        )
+        result = run(method_id, steps=args.budget_steps)
         budget_runs.append((method_id, result.metrics, time.perf_counter() - tick))
         print(
             f"{method_id} at {args.budget_steps} steps: distilled EM "
@@ -178,9 +186,7 @@ def main() -> None:
             if row["method"] == args.noise_method:
                 spread[0] = {role: row["metrics"][role]["exact_match"] for role in ("baseline", "distilled")}
         for seed in range(len(spread), args.noise_seeds):
-            result = run_pipeline(
-                build_recipe(args.noise_method, {}), PipelineConfig(device="cpu", seed=seed, progress=False)
-            )
+            result = run(args.noise_method, seed=seed)
             spread[seed] = {role: result.metrics[role]["exact_match"] for role in ("baseline", "distilled")}
             print(f"{args.noise_method} seed {seed}: {spread[seed]}", flush=True)
 
@@ -203,7 +209,7 @@ def main() -> None:
         for row in rows:
             m = row["metrics"]
             groups = "; ".join(
-                f"{g[len('exact_match (') : -1]}: {m['baseline'][g]:.3f} → {m['distilled'][g]:.3f}"
+                f"{group_label(g)}: {m['baseline'][g]:.3f} → {m['distilled'][g]:.3f}"
                 for g in row["groups"]
             )
             lines.append(
@@ -224,7 +230,7 @@ def main() -> None:
             for method_id, overrides, change, metrics in ablations:
                 default = done[method_id]["metrics"]["distilled"]
                 groups = "; ".join(
-                    f"{g[len('exact_match (') : -1]}: {default[g]:.3f} → {metrics['distilled'][g]:.3f}"
+                    f"{group_label(g)}: {default[g]:.3f} → {metrics['distilled'][g]:.3f}"
                     for g in done[method_id]["groups"]
                     if g in metrics["distilled"]
                 )
@@ -234,7 +240,7 @@ def main() -> None:
                     f"{default['exact_match']:.3f} | {metrics['distilled']['exact_match']:.3f} | {groups} |"
                 )
         if budget_runs:
-            depths = [g for g in done[budget_runs[0][0]]["groups"]]
+            depths = done[budget_runs[0][0]]["groups"]
             lines += [
                 "",
                 f"The same defaults at {args.budget_steps} optimizer steps instead of the default "
@@ -242,7 +248,7 @@ def main() -> None:
                 "alike), distilled student's exact match:",
                 "",
                 "| method | steps | seed-only baseline | distilled | "
-                + " | ".join(g[len("exact_match (") : -1] for g in depths)
+                + " | ".join(group_label(g) for g in depths)
                 + " | time (s) |",
                 "|---|---:|---:|---:|" + "---:|" * len(depths) + "---:|",
             ]

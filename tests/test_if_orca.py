@@ -10,12 +10,11 @@ from blackbox_fakes import OracleTeacher, make_context
 
 from reference_impls.blackbox import suite
 from reference_impls.blackbox.pipeline import PipelineConfig, run_pipeline
-from reference_impls.common.tasks import Example
+from reference_impls.common.tasks import Example, extract_answer
 from reference_impls.instruction_following.orca import (
     explanation_data,
     explanation_problem,
     orca_recipe,
-    read_answer,
 )
 
 TWO_STEPS = suite.parse_instruction("rev up: abc =")  # rationale "cba;CBA", answer "CBA"
@@ -50,8 +49,8 @@ def test_explanation_format(text: str, query: Example, system: str, problem: str
 
 
 def test_read_answer_takes_what_follows_the_last_mark() -> None:
-    assert read_answer("cba;CBA => CBA") == "CBA"
-    assert read_answer("cba") == "cba"
+    assert extract_answer("cba;CBA => CBA") == "CBA"
+    assert extract_answer("cba") == "cba"
 
 
 @pytest.mark.parametrize("system", ["explain", "brief"])

@@ -19,7 +19,7 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from reference_impls.common.tasks import Example
+from reference_impls.common.tasks import Example, extract_answer
 
 from . import suite
 from .filters import NoveltyFilter, count, response_problem
@@ -139,7 +139,7 @@ def answer_instructions(
             count(context.stats, f"{tag}: dropped ({problem})")
             continue
         answer = completion.text.strip()
-        read = answer.rsplit(suite.ANSWER_MARK.strip(), 1)[-1].strip() if system == suite.EXPLAIN else answer
+        read = extract_answer(answer) if system == suite.EXPLAIN else answer
         correct += read in instruction.answers
         examples.append(TrainingExample.single(prompt, answer))
     context.stats[f"{tag}: answers kept"] = len(examples)

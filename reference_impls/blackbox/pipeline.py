@@ -35,7 +35,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, P
 from reference_impls.common.generation import generate_responses
 from reference_impls.common.metrics import exact_match, mean_rouge_l
 from reference_impls.common.models import build_student, count_parameters
-from reference_impls.common.tasks import Example
+from reference_impls.common.tasks import Example, extract_answer
 from reference_impls.common.teacher import cache_root
 from reference_impls.common.tokenizer import build_tokenizer, encode_pair
 
@@ -245,8 +245,8 @@ def _stable_int(text: str) -> int:
 # ----------------------------------------------------------------------------------- evaluation
 
 
-def _instruction_seed_data(seeds: Sequence[Example]) -> list[TrainingExample]:
-    return [TrainingExample.single(e.prompt, e.response) for e in seeds]
+def _pairs(examples: Sequence[Example]) -> list[TrainingExample]:
+    return [TrainingExample.single(e.prompt, e.response) for e in examples]
 
 
 @dataclass(frozen=True)
@@ -263,7 +263,7 @@ class Evaluation:
     by_group: Callable[[Example], str] | None = None
     description: str = ""
     baseline_data: Callable[[Sequence[Example], int, int], list[TrainingExample]] = (
-        lambda seeds, n, seed: _instruction_seed_data(seeds)
+        lambda seeds, n, seed: _pairs(seeds)
     )
 
 
@@ -282,7 +282,7 @@ def _system_evaluation(system: str, description: str) -> Evaluation:
 
     return Evaluation(
         lambda n: [_under(system, e) for e in suite.make_instructions("test", n)],
-        read=lambda text: text.rsplit(suite.ANSWER_MARK.strip(), 1)[-1].strip(),
+        read=extract_answer,
         by_group=lambda e: f"depth {suite.depth_of(e)}",
         description=description,
         baseline_data=seed_data,
@@ -295,8 +295,7 @@ def _conversation_seed_data(seeds: Sequence[Example], n: int, seed: int) -> list
 
 
 def _find_seed_data(seeds: Sequence[Example], n: int, seed: int) -> list[TrainingExample]:
-    queries = suite.make_find_queries("train", n, seed=seed + SEED_DATA_OFFSET)
-    return [TrainingExample.single(e.prompt, e.response) for e in queries]
+    return _pairs(suite.make_find_queries("train", n, seed=seed + SEED_DATA_OFFSET))
 
 
 EVALUATIONS: dict[str, Evaluation] = {

@@ -49,7 +49,7 @@ from reference_impls.blackbox import suite
 from reference_impls.blackbox.filters import count, response_problem
 from reference_impls.blackbox.pipeline import DistilledData, PipelineContext, PipelineRecipe
 from reference_impls.blackbox.sft import TrainingExample
-from reference_impls.common.tasks import Example
+from reference_impls.common.tasks import Example, extract_answer
 from reference_impls.registry import register
 
 SYSTEM_CHOICES = ("explain", "brief", "mixed")
@@ -82,11 +82,6 @@ def explanation_problem(text: str, query: Example, system: str) -> str | None:
     return None
 
 
-def read_answer(text: str) -> str:
-    """The answer in a response: what follows the last ``=>``, or the whole text."""
-    return text.rsplit(MARK, 1)[-1].strip()
-
-
 def explanation_data(
     context: PipelineContext, queries: list[Example], systems: list[str], *, tag: str = "orca"
 ) -> list[TrainingExample]:
@@ -103,7 +98,7 @@ def explanation_data(
         if problem is not None:
             count(context.stats, f"{tag}: dropped ({problem})")
             continue
-        correct += read_answer(text) in query.answers
+        correct += extract_answer(text) in query.answers
         count(context.stats, f"{tag}: kept under '{system}'")
         examples.append(TrainingExample.single(prompt, text))
     context.stats[f"{tag}: teacher answers correct"] = round(correct / max(1, len(examples)), 4)
