@@ -91,9 +91,10 @@ def main() -> None:
     import torch
 
     from kdatlas.runner import build_recipe
-    from reference_impls.blackbox.instruct_teacher import instruct_teacher_dir, load_or_train_instruct_teacher
-    from reference_impls.blackbox.pipeline import PipelineConfig, PipelineRecipe, run_pipeline
+    from reference_impls.black_box.pipeline import PipelineConfig, PipelineRecipe
     from reference_impls.registry import registered_methods
+    from reference_impls.run.black_box import run_pipeline
+    from reference_impls.teachers.instruct import instruct_teacher_dir, load_or_train_instruct_teacher
 
     built = instruct_teacher_dir()
     if not args.keep_cache:

@@ -10,9 +10,9 @@ one fixed teacher: for each fraction of the teacher's parameter count it
 
 1. picks the Llama student shape (layers, width, heads, FFN) closest to that fraction;
 2. builds the student by structured pruning of the cached embedded teacher
-   (`reference_impls.common.pruning.prune_llama`, the paper's gradient importance by default),
+   (`reference_impls.white_box.pruning.prune_llama`, the paper's gradient importance by default),
    and, as the control, a fresh random initialisation of the same shape (``--inits``);
-3. runs the harness (`reference_impls.common.harness.run_recipe`) with the `minima` recipe
+3. runs the harness (`reference_impls.run.white_box.run_recipe`) with the `minima` recipe
    (forward-KL logit distillation), which also trains the cross-entropy baseline from the same
    initialisation;
 4. records token KL to the teacher and exact match of baseline and distilled students.
@@ -33,11 +33,11 @@ from pathlib import Path
 
 from transformers import LlamaConfig, PreTrainedModel
 
-from reference_impls.common.harness import RunConfig, run_recipe
-from reference_impls.common.models import build_decoder, count_parameters
-from reference_impls.common.pruning import IMPORTANCE_SCORES, prune_llama, student_shape
-from reference_impls.common.teacher import load_or_train_teacher
-from reference_impls.minima import minima_recipe
+from reference_impls.core.models import build_decoder, count_parameters
+from reference_impls.registry import get_method
+from reference_impls.run.white_box import RunConfig, run_recipe
+from reference_impls.teachers.embedded import load_or_train_teacher
+from reference_impls.white_box.pruning import IMPORTANCE_SCORES, prune_llama, student_shape
 
 
 @dataclass(frozen=True)
@@ -64,7 +64,7 @@ def run(args: argparse.Namespace) -> list[dict[str, object]]:
     for fraction in args.sizes:
         shape = student_shape(teacher, fraction)
         for init in args.inits:
-            recipe = minima_recipe(size_ratio=fraction, importance=args.importance)
+            recipe = get_method("minima").build(size_ratio=fraction, importance=args.importance)
             if init == "random":
                 recipe = replace(recipe, build_student=RandomOfShape(fraction))
             started = time.perf_counter()

@@ -4,7 +4,7 @@ Forward + backward of generalized JSD (beta = 0.5 by default) from hidden states
 
 * ``naive``: full ``[N, V]`` logits of both models, then the TRL-style formula with torch ops
   (log-softmax, a ``logsumexp`` mixture, two ``kl_div(log_target=True)``), autograd backward;
-* ``fused``: ``reference_impls.fused_losses.fused_linear_divergence`` (eager);
+* ``fused``: ``reference_impls.losses.fused.fused_linear_divergence`` (eager);
 * ``fused-compiled``: the same with ``compile=True``;
 * ``liger``: Liger-Kernel's ``LigerFusedLinearJSDLoss``, only when ``liger_kernel`` imports and a
   GPU is present.
@@ -19,7 +19,7 @@ through malloc. Time: the median of ``--repeats`` timed forward + backward passe
 ``--warmup`` untimed ones (CUDA events on GPU).
 
 Only torch (+ optional triton/liger) and this repository's ``reference_impls.losses`` /
-``reference_impls.fused_losses`` are imported, so it runs on a bare GPU machine from the repo root:
+``reference_impls.losses.fused`` are imported, so it runs on a bare GPU machine from the repo root:
 
     PYTHONPATH=. python benchmarks/fused_loss.py --device cuda --json out.json --markdown out.md
 
@@ -47,7 +47,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from reference_impls.fused_losses import fused_linear_divergence
+from reference_impls.losses.fused import fused_linear_divergence
 
 GiB = 2**30
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32, "fp16": torch.float16}

@@ -51,15 +51,15 @@ def main() -> None:
 
     os.environ["KDATLAS_CACHE"] = tempfile.mkdtemp(prefix="kdatlas-bench-")
     from kdatlas.runner import build_recipe, verdict
-    from reference_impls.common.harness import RunConfig, run_recipe
-    from reference_impls.common.teacher import load_or_train_teacher
     from reference_impls.registry import registered_methods
+    from reference_impls.run.white_box import RunConfig, run_recipe
+    from reference_impls.teachers.embedded import load_or_train_teacher
 
     # Black-box pipelines have their own benchmark (benchmarks/blackbox_runs.py).
     white_box = [
         m
         for m, r in registered_methods().items()
-        if not r.module.startswith("reference_impls.instruction_following")
+        if not r.module.startswith("reference_impls.black_box.")
     ]
     methods = args.methods.split(",") if args.methods else sorted(white_box)
     rows = [

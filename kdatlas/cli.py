@@ -312,7 +312,7 @@ def run(
 ) -> None:
     """Distil a student with a method and compare it with the baseline student and the teacher."""
     from kdatlas.runner import RunError, run_method
-    from reference_impls.common.harness import RunConfig
+    from reference_impls.run.white_box import RunConfig
 
     config = RunConfig(
         device=device.value,
@@ -505,7 +505,7 @@ def serve_teacher(
     ] = False,
 ) -> None:
     """Serve a local model as an OpenAI-compatible endpoint (/v1/models, /v1/completions, /v1/chat/completions)."""
-    from reference_impls.blackbox import server as teacher_server
+    from reference_impls.teachers import server as teacher_server
 
     try:
         teacher_server.check_bind_host(host, allow_remote)

@@ -320,7 +320,7 @@ def render_hyperparameters(entry: Entry) -> str:
 
 def is_text_pipeline(entry: Entry) -> bool:
     """Whether the entry's implementation is a black-box data pipeline (the teacher's text only),
-    run by `reference_impls.blackbox.pipeline` rather than the white-box training harness."""
+    run by `reference_impls.black_box.pipeline` rather than the white-box training harness."""
     return entry.teacher_access is TeacherAccess.text
 
 
@@ -403,7 +403,7 @@ def render_pipeline_snippet(entry: Entry) -> str:
         return ""
     module, _, name = entry.implementation.api[0].rpartition(".")
     code = (
-        "from reference_impls.blackbox.pipeline import PipelineConfig, run_pipeline\n"
+        "from reference_impls.black_box.pipeline import PipelineConfig, run_pipeline\n"
         f"from {module} import {name}\n\n"
         f"recipe = {name}()  # keyword arguments: the hyper-parameters above\n"
         'config = PipelineConfig(teacher_url="http://127.0.0.1:8765/v1", teacher_model="NAME")\n'

@@ -1,6 +1,6 @@
 """``kdatlas run ID``: build a method's recipe, run it, and write the run directory.
 
-The training itself is `reference_impls.common.harness.run_recipe`; this module turns command
+The training itself is `reference_impls.run.white_box.run_recipe`; this module turns command
 line values into a recipe and a run config, prints the comparison table, and writes
 
 - ``config.json``: the fully resolved configuration (method, hyper-parameters, models, budget);
@@ -64,7 +64,7 @@ def build_recipe(method_id: str, overrides: dict[str, str]) -> Any:
         )
     values = {name: _coerce(name, raw, defaults[name]) for name, raw in overrides.items()}
     try:
-        recipe = registration.build_recipe(**values)
+        recipe = registration.build(**values)
         if hasattr(recipe, "objective"):  # black-box pipelines have no objective to probe
             _probe(recipe)
     except ValueError as error:
@@ -76,7 +76,7 @@ def with_source(recipe: Any, spec: str) -> Any:
     """``recipe`` with its data source replaced by the one ``spec`` names (see `parse_source`)."""
     from dataclasses import replace
 
-    from reference_impls.common.data_sources import parse_source
+    from reference_impls.core.data_sources import parse_source
 
     if recipe.step_loss is not None:
         raise RunError(
@@ -223,9 +223,10 @@ _TEACHER_ENDPOINT_OPTIONS = ("teacher_url", "teacher_model", "api_key_env")
 def _run_pipeline_method(
     recipe: Any, config: Any, out: Path | None, source: str | None, console: Console, **options: Any
 ) -> Any:
-    """Run a black-box pipeline recipe (`reference_impls.blackbox.pipeline`) and write its run
+    """Run a black-box pipeline recipe (`reference_impls.black_box.pipeline`) and write its run
     directory, with the distilled data as ``data.jsonl``."""
-    from reference_impls.blackbox.pipeline import DEFAULT_STEPS, PipelineConfig, run_pipeline, write_data
+    from reference_impls.black_box.pipeline import DEFAULT_STEPS, PipelineConfig
+    from reference_impls.run.black_box import run_pipeline, write_data
 
     not_applicable = {
         "--source": source,
@@ -282,13 +283,13 @@ def run_method(
 ) -> Any:
     """Run ``method_id`` end to end and write its run directory; returns the harness's RunResult.
 
-    ``config`` is a `reference_impls.common.harness.RunConfig` (default: the embedded setting);
-    ``harness_options`` go to `reference_impls.common.harness.run_recipe` unchanged (tests pass a
+    ``config`` is a `reference_impls.run.white_box.RunConfig` (default: the embedded setting);
+    ``harness_options`` go to `reference_impls.run.white_box.run_recipe` unchanged (tests pass a
     few-step ``teacher_recipe``). ``source`` replaces the recipe's data source (the second axis),
     e.g. ``"mixed:0.5"``: any token-level objective runs on any source.
     """
-    from reference_impls.blackbox.pipeline import PipelineRecipe
-    from reference_impls.common.harness import RunConfig, run_recipe
+    from reference_impls.black_box.pipeline import PipelineRecipe
+    from reference_impls.run.white_box import RunConfig, run_recipe
 
     console = console or Console()
     recipe = build_recipe(method_id, overrides or {})

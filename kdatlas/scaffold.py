@@ -24,6 +24,7 @@ from pathlib import Path
 from kdatlas.bib import ARXIV_ID, BIB_DIR, PLACEHOLDER
 from kdatlas.model import KEBAB_ID, Kind
 from kdatlas.taxonomy import TAXONOMY_DIR, load_taxonomy
+from reference_impls.registry import module_for_branch
 
 TEMPLATES = Path(__file__).parent / "templates" / "new"
 BIB_FILE = "kd.bib"
@@ -91,6 +92,18 @@ def _check_request(root: Path, kind: Kind, entry_id: str, branch: str, title: st
         raise ScaffoldError("surveys are added by hand under taxonomy/surveys/ — see docs/extend.md")
 
 
+def _make_packages(root: Path, folder: Path, branch: str) -> None:
+    """Create ``folder`` and the ``__init__.py`` of every new package on the way down from ``root``
+    (a new branch's first method creates its package)."""
+    parts = folder.relative_to(root).parts
+    for depth in range(1, len(parts) + 1):
+        package = root.joinpath(*parts[:depth])
+        package.mkdir(exist_ok=True)
+        init = package / "__init__.py"
+        if not init.exists():
+            init.write_text(f'"""Implementations and tests of the taxonomy branch {branch} (kdatlas new)."""\n')
+
+
 def new_entry(
     root: Path,
     kind: Kind,
@@ -109,8 +122,12 @@ def new_entry(
     function = module
     entry_file = root / TAXONOMY_DIR / branch / f"{entry_id}.yaml"
     bib_file = root / BIB_DIR / BIB_FILE
-    impl_file = root / "reference_impls" / f"{module}.py" if implemented else None
-    test_file = root / "tests" / f"test_{module}.py" if implemented else None
+    # The folders mirror the taxonomy: white-box/logits → reference_impls/white_box/logits/, and its
+    # test in tests/white_box/logits/.
+    package = module_for_branch(branch)
+    package_dir = Path(*package.split("."))
+    impl_file = root / package_dir / f"{module}.py" if implemented else None
+    test_file = root / "tests" / Path(*package_dir.parts[1:]) / f"test_{module}.py" if implemented else None
     existing = [p for p in (entry_file, impl_file, test_file) if p is not None and p.exists()]
     if existing:
         raise ScaffoldError(
@@ -123,7 +140,7 @@ def new_entry(
         raise ScaffoldError(f"bib/{BIB_FILE} already has the key '{entry_id}' — nothing was written")
 
     if implemented:
-        status_block = f"implementation:\n  module: reference_impls.{module}\n  api: [reference_impls.{module}.{function}_loss]\n"
+        status_block = f"implementation:\n  module: {package}.{module}\n  api: [{package}.{module}.{function}_loss]\n"
         status, access = "implemented", "logits"
     elif kind in IMPLEMENTED_KINDS:
         status_block = "status_reason: FILL IN what the project still needs to implement it.\n"
@@ -164,6 +181,7 @@ def new_entry(
         "title": title.strip(),
         "branch": branch,
         "module": module,
+        "package": package,
         "function": function,
         "bibkey": entry_id,
     }
@@ -172,7 +190,7 @@ def new_entry(
         files.append((impl_file, _render("implementation.py.tmpl", **values)))
         files.append((test_file, _render("test_implementation.py.tmpl", **values)))
     for path, text in files:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        _make_packages(root, path.parent, branch)
         path.write_text(text, encoding="utf-8")
     with bib_file.open("a", encoding="utf-8") as handle:
         handle.write(("" if bib_text.endswith("\n") else "\n") + bib_entry)

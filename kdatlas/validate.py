@@ -120,7 +120,7 @@ def _check_references(taxonomy: Taxonomy, bibliography: Bibliography) -> list[Pr
 def _check_implementations(taxonomy: Taxonomy) -> list[Problem]:
     problems = []
     try:
-        from reference_impls.registry import registered_methods
+        from reference_impls.registry import module_for_branch, registered_methods
 
         methods = registered_methods()
     except Exception as error:  # an import error in a method module must not hide the report
@@ -147,6 +147,18 @@ def _check_implementations(taxonomy: Taxonomy) -> list[Problem]:
                 )
             continue
         line = taxonomy.line(entry.id, "implementation", "module")
+        package = module_for_branch(entry.branch)
+        if not implementation.module.startswith(package + "."):
+            problems.append(
+                Problem(
+                    path,
+                    line,
+                    f"'{entry.id}' sits on branch '{entry.branch}' but is implemented in "
+                    f"{implementation.module}, outside that branch's package {package}",
+                    f"move the module into {package.replace('.', '/')}/ (the folders mirror the "
+                    "taxonomy), or move the entry to the branch its code belongs to",
+                )
+            )
         try:
             importlib.import_module(implementation.module)
         except Exception as error:

@@ -1,14 +1,18 @@
-"""Methods registered under their taxonomy ids.
+"""Methods registered under their taxonomy ids, found by walking the branch packages.
 
 A method module registers one function per taxonomy id with `register`. The function takes
-the method's hyper-parameters as keyword arguments (with the paper's defaults) and returns a
-`reference_impls.common.harness.Recipe`: the objective plus the source of the training
-sequences. ``kdatlas run ID`` and ``kdatlas validate`` discover them with
-`registered_methods`, which imports every method module of this package once.
+the method's hyper-parameters as keyword arguments (with the paper's defaults) and returns its
+recipe. ``kdatlas run ID`` and ``kdatlas validate`` discover them with `registered_methods`.
+
+The packages mirror the taxonomy: an entry on branch ``a/b`` is implemented under
+``reference_impls/a/b/`` ('-' → '_'), e.g. ``white-box/logits`` → ``reference_impls.white_box.logits``.
+Every module (or method folder) in a branch package is a method module; one whose name starts
+with ``_``, and a module directly in ``white_box/`` or ``black_box/``, is shared code, never a method.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import inspect
 import pkgutil
@@ -17,10 +21,8 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
 
-# Modules of this package that hold plumbing, not methods.
-_NOT_METHOD_MODULES = frozenset({"registry", "losses", "common", "blackbox"})
-# Subpackages whose modules are methods (one module per method).
-_METHOD_PACKAGES = ("instruction_following",)
+# The top-level packages whose branch subpackages hold the methods (`white_box.logits`, ...).
+METHOD_ROOTS = ("white_box", "black_box")
 
 _REGISTRY: dict[str, MethodRegistration] = {}
 
@@ -32,6 +34,20 @@ class MethodRegistration:
     method_id: str
     module: str
     build_recipe: Callable[..., Any]
+
+    def build(self, **overrides: Any) -> Any:
+        """The recipe with ``overrides`` applied, its resolved hyper-parameters stamped on it.
+
+        The builder's signature is the one place a hyper-parameter and its default are written in
+        code; the values recorded with a run come from binding it, never from a second list.
+
+        Raises:
+            TypeError: An override the builder does not take.
+        """
+        bound = inspect.signature(self.build_recipe).bind(**overrides)
+        bound.apply_defaults()
+        recipe = self.build_recipe(**bound.arguments)
+        return dataclasses.replace(recipe, hyperparameters=dict(bound.arguments))
 
     def defaults(self) -> dict[str, Any]:
         """The builder's keyword defaults: the hyper-parameters a user may override."""
@@ -58,24 +74,28 @@ def register(method_id: str) -> Callable[[Callable[..., Any]], Callable[..., Any
     return decorate
 
 
+def module_for_branch(branch_id: str) -> str:
+    """The package that implements the entries of a taxonomy branch: ``white-box/logits`` →
+    ``reference_impls.white_box.logits``."""
+    return ".".join(["reference_impls", *(part.replace("-", "_") for part in branch_id.split("/"))])
+
+
 def method_modules() -> list[str]:
-    """Dotted names of the method modules in this package."""
-    package = importlib.import_module("reference_impls")
-    names = [
-        f"reference_impls.{info.name}"
-        for info in pkgutil.iter_modules(package.__path__)
-        if info.name not in _NOT_METHOD_MODULES
-        and info.name not in _METHOD_PACKAGES
-        and not info.name.startswith("_")
-    ]
-    for subpackage in _METHOD_PACKAGES:
-        path = importlib.import_module(f"reference_impls.{subpackage}").__path__
-        names += [
-            f"reference_impls.{subpackage}.{info.name}"
-            for info in pkgutil.iter_modules(path)
-            if not info.name.startswith("_")
-        ]
-    return names
+    """Dotted names of the method modules: every public module or package in a branch package."""
+    names: list[str] = []
+    for root in METHOD_ROOTS:
+        package = importlib.import_module(f"reference_impls.{root}")
+        for branch in pkgutil.iter_modules(package.__path__, f"{package.__name__}."):
+            if not branch.ispkg or branch.name.rpartition(".")[2].startswith("_"):
+                continue  # a module directly in white_box/ or black_box/: shared by its branches
+            path = importlib.import_module(branch.name).__path__
+            # A method is a module, or a small folder when its core outgrows one file (minillm/).
+            names += [
+                info.name
+                for info in pkgutil.iter_modules(path, f"{branch.name}.")
+                if not info.name.rpartition(".")[2].startswith("_")
+            ]
+    return sorted(names)
 
 
 def registered_methods() -> Mapping[str, MethodRegistration]:

@@ -1,0 +1,330 @@
+"""What a black-box method is made of: a data pipeline over the teacher's text, and its evaluation.
+
+A method module returns a `PipelineRecipe`: its *data pipeline* (``build_data``: how it asks the
+teacher for text and filters what comes back) and which evaluation it is scored on
+(``EVALUATIONS``). `reference_impls.run.black_box.run_pipeline` runs it the same way for every
+method, so their numbers are comparable.
+
+The pipeline gets a `PipelineContext`: ``ask`` (cached teacher calls), the seed tasks, a student
+factory, fine-tuning and greedy student answers (for methods that put the student in the loop:
+Lion, Personalized Distillation, selective reflection-tuning), and a ``stats`` dict for its
+filter counts, which are reported with the metrics.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from reference_impls.core.generation import generate_responses
+from reference_impls.core.metrics import exact_match, mean_rouge_l
+from reference_impls.core.sft import TrainingExample, fine_tune
+from reference_impls.core.tokenizer import encode_pair
+from reference_impls.tasks import instructions as suite
+from reference_impls.tasks.strings import Example, extract_answer
+from reference_impls.teachers.access import cached_generate
+from reference_impls.teachers.messages import ChatMessage, Completion, GenerationRequest
+from reference_impls.teachers.text import TextTeacher
+
+DEFAULT_STEPS = 600
+DEFAULT_SEED_TASKS = 24
+# Seed data in another format than the instruction seed tasks is drawn from its own stream.
+SEED_DATA_OFFSET = 1000
+NLL_BATCH_SIZE = 64
+DEFAULT_EVAL_SIZE = 240
+MAX_NEW_TOKENS = 40  # long enough for an explained depth-3 answer or an annotation
+
+
+@dataclass
+class DistilledData:
+    """What a pipeline produces: training examples, its filter counts, and optionally a student
+    it already trained (loops such as Lion train inside the pipeline)."""
+
+    examples: list[TrainingExample]
+    student: PreTrainedModel | None = None
+
+
+@dataclass(frozen=True)
+class PipelineRecipe:
+    """A black-box method: its data pipeline and the evaluation it is scored on.
+
+    Attributes:
+        method_id: Taxonomy id.
+        build_data: ``(context) -> DistilledData``: the paper's data pipeline.
+        evaluation: A key of ``EVALUATIONS``.
+        hyperparameters: Resolved hyper-parameters, recorded in the run config.
+    """
+
+    method_id: str
+    build_data: Callable[[PipelineContext], DistilledData]
+    evaluation: str = "instructions"
+    hyperparameters: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class PipelineConfig:
+    """How to run a pipeline; every default runs the embedded setting on CPU.
+
+    Attributes:
+        device: ``"cpu"``, ``"cuda"`` or ``"auto"``.
+        steps: Optimizer steps of the baseline and the distilled student.
+        seed: Student initialisation, data order and the teacher's sampling seeds.
+        teacher: Local model folder (``from_pretrained``); ``None`` → the embedded instruction teacher.
+        teacher_url: Base URL of an OpenAI-compatible endpoint (e.g. ``http://127.0.0.1:8765/v1``);
+            takes precedence over ``teacher``.
+        teacher_model: Model name sent to ``teacher_url``.
+        api_key_env: Environment variable with the endpoint's key (read at call time, never stored).
+        student: Local model folder for the student; ``None`` → the embedded student.
+        seed_tasks: Number of human-written seed tasks (and of the baseline's seed examples when it is
+            evaluated on another format: conversations, typed queries).
+        eval_size: Held-out examples scored.
+        batch_size: Sequences per optimizer step.
+        learning_rate: Peak AdamW learning rate.
+        cache: The response cache file; ``None`` → ``<cache root>/blackbox/responses.jsonl``.
+        progress: Show progress bars.
+    """
+
+    device: str = "auto"
+    steps: int = DEFAULT_STEPS
+    seed: int = 0
+    teacher: str | None = None
+    teacher_url: str | None = None
+    teacher_model: str = "kdatlas-embedded-teacher"
+    api_key_env: str | None = "OPENAI_API_KEY"
+    student: str | None = None
+    seed_tasks: int = DEFAULT_SEED_TASKS
+    eval_size: int = DEFAULT_EVAL_SIZE
+    batch_size: int = 32
+    learning_rate: float = 3e-3
+    cache: str | None = None
+    progress: bool = True
+
+
+@dataclass
+class PipelineContext:
+    """What a pipeline may use. The teacher is reachable only through `ask` (text in, text out)."""
+
+    teacher: TextTeacher
+    cache_path: Path
+    seeds: list[Example]
+    tokenizer: PreTrainedTokenizerBase  # the student's
+    config: PipelineConfig
+    device: torch.device
+    new_student: Callable[[], PreTrainedModel]
+    stats: dict[str, Any] = field(default_factory=dict)
+
+    def ask(
+        self,
+        prompts: Sequence[str | Sequence[ChatMessage]],
+        *,
+        tag: str,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        max_new_tokens: int = MAX_NEW_TOKENS,
+        stop: Sequence[str] = (),
+    ) -> list[Completion]:
+        """One teacher completion per prompt, through the response cache.
+
+        Sampled requests (``temperature > 0``) get seed ``hash(run seed, tag) + position``, so a
+        rerun asks exactly the same requests (and finds them cached) while different calls
+        (``tag``) and positions draw different samples.
+        """
+        base = _stable_int(f"{self.config.seed}-{tag}") if temperature > 0 else None
+        requests = [
+            GenerationRequest(
+                prompt if isinstance(prompt, str) else tuple(prompt),
+                max_new_tokens=max_new_tokens,
+                temperature=temperature,
+                top_p=top_p,
+                seed=None if base is None else base + i,
+                stop=tuple(stop),
+            )
+            for i, prompt in enumerate(prompts)
+        ]
+        completions = cached_generate(
+            self.teacher,
+            requests,
+            self.cache_path,
+            batch_size=64,
+            progress=self.config.progress,
+            description=f"teacher: {tag}",
+        )
+        tokens = sum((c.prompt_tokens or 0) + (c.completion_tokens or 0) for c in completions)
+        self.stats["teacher_requests"] = self.stats.get("teacher_requests", 0) + len(requests)
+        self.stats["teacher_tokens"] = self.stats.get("teacher_tokens", 0) + tokens
+        return completions
+
+    def fine_tune(
+        self, model: PreTrainedModel, examples: Sequence[TrainingExample], steps: int, description: str
+    ) -> list[float]:
+        """Train ``model`` in place on ``examples`` (cross-entropy on their supervised segments)."""
+        return fine_tune(
+            model,
+            self.tokenizer,
+            examples,
+            steps=steps,
+            batch_size=self.config.batch_size,
+            learning_rate=self.config.learning_rate,
+            seed=self.config.seed,
+            progress=self.config.progress,
+            description=description,
+        )
+
+    def student_answers(self, model: PreTrainedModel, prompts: Sequence[str]) -> list[str]:
+        """The student's greedy answers (cut at the end of a turn)."""
+        return student_answers(model, self.tokenizer, prompts)
+
+    @torch.no_grad()
+    def response_nll(self, model: PreTrainedModel, pairs: Sequence[tuple[str, str]]) -> list[float]:
+        """Mean token negative log-likelihood of each response given its prompt (``""`` for none),
+        EOS excluded: ``log PPL(response | prompt)``."""
+        model.eval()
+        encoded = []
+        for prompt, response in pairs:
+            ids, labels = encode_pair(self.tokenizer, prompt, response)
+            encoded.append((ids[:-1], labels[:-1]))  # drop EOS: the response text only
+        values = [0.0] * len(encoded)
+        # Right-padded batches of similar length: causal attention makes padding at the end
+        # invisible to the real tokens, so each value equals its own single-sequence pass.
+        order = sorted(range(len(encoded)), key=lambda i: len(encoded[i][0]))
+        for start in range(0, len(order), NLL_BATCH_SIZE):
+            rows = order[start : start + NLL_BATCH_SIZE]
+            width = max(len(encoded[i][0]) for i in rows)
+            ids = torch.zeros((len(rows), width), dtype=torch.long)
+            labels = torch.full((len(rows), width), -100, dtype=torch.long)
+            for row, i in enumerate(rows):
+                row_ids, row_labels = encoded[i]
+                ids[row, : len(row_ids)] = torch.tensor(row_ids)
+                labels[row, : len(row_labels)] = torch.tensor(row_labels)
+            attention = (torch.arange(width) < torch.tensor([len(encoded[i][0]) for i in rows])[:, None]).long()
+            logits = model(ids.to(self.device), attention_mask=attention.to(self.device)).logits[:, :-1].float()
+            targets = labels[:, 1:].to(self.device)
+            token_nll = torch.nn.functional.cross_entropy(
+                logits.transpose(1, 2), targets, ignore_index=-100, reduction="none"
+            )
+            mask = targets != -100
+            per_row = (token_nll * mask).sum(1) / mask.sum(1).clamp(min=1)
+            for row, i in enumerate(rows):
+                values[i] = float(per_row[row])
+        return values
+
+
+def student_answers(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str]
+) -> list[str]:
+    """Greedy answers, cut at the first turn separator (a conversation's end of turn)."""
+    outputs = generate_responses(model, tokenizer, list(prompts), max_new_tokens=MAX_NEW_TOKENS)
+    return [o.split(suite.TURN_SEPARATOR)[0] for o in outputs]
+
+
+def _stable_int(text: str) -> int:
+    return int(hashlib.sha256(text.encode()).hexdigest()[:8], 16)
+
+
+# ----------------------------------------------------------------------------------- evaluation
+
+
+def _pairs(examples: Sequence[Example]) -> list[TrainingExample]:
+    return [TrainingExample.single(e.prompt, e.response) for e in examples]
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """A held-out test set and how predictions are read (``read``: the answer in an output).
+
+    ``baseline_data(seeds, n, seed)`` is what the seed-only baseline trains on: ``n`` human-written
+    examples in the format that is evaluated (by default the instruction seed tasks themselves),
+    so that the baseline is not scored on a format it never saw.
+    """
+
+    examples: Callable[[int], list[Example]]
+    read: Callable[[str], str] = lambda text: text
+    by_group: Callable[[Example], str] | None = None
+    description: str = ""
+    baseline_data: Callable[[Sequence[Example], int, int], list[TrainingExample]] = (
+        lambda seeds, n, seed: _pairs(seeds)
+    )
+
+
+def _under(system: str, example: Example) -> Example:
+    return suite.with_prompt(example, suite.conversation_prompt([], example.prompt, system=system))
+
+
+def _system_evaluation(system: str, description: str) -> Evaluation:
+    """Held-out instructions asked under a system message; the answer after the last ``=>`` (or
+    the whole output, when it has none) is scored. The baseline's seed tasks carry the same
+    message, with the response that message asks for."""
+
+    def seed_data(seeds: Sequence[Example], n: int, seed: int) -> list[TrainingExample]:
+        respond = suite.explained if system == suite.EXPLAIN else (lambda e: e.response)
+        return [TrainingExample.single(_under(system, e).prompt, respond(e)) for e in seeds]
+
+    return Evaluation(
+        lambda n: [_under(system, e) for e in suite.make_instructions("test", n)],
+        read=extract_answer,
+        by_group=lambda e: f"depth {suite.depth_of(e)}",
+        description=description,
+        baseline_data=seed_data,
+    )
+
+
+def _conversation_seed_data(seeds: Sequence[Example], n: int, seed: int) -> list[TrainingExample]:
+    conversations = suite.make_conversations("train", n, seed=seed + SEED_DATA_OFFSET)
+    return [TrainingExample.conversation(c.turns) for c in conversations]
+
+
+def _find_seed_data(seeds: Sequence[Example], n: int, seed: int) -> list[TrainingExample]:
+    return _pairs(suite.make_find_queries("train", n, seed=seed + SEED_DATA_OFFSET))
+
+
+EVALUATIONS: dict[str, Evaluation] = {
+    "instructions": Evaluation(
+        lambda n: suite.make_instructions("test", n),
+        by_group=lambda e: f"depth {suite.depth_of(e)}",
+        description="held-out instructions, balanced over composition depths 1-3",
+    ),
+    "conversations": Evaluation(
+        lambda n: [suite.last_turn_example(c) for c in suite.make_conversations("test", n)],
+        by_group=lambda e: f"{e.label} turns",
+        description="the last turn of held-out 2-3 turn conversations",
+        baseline_data=_conversation_seed_data,
+    ),
+    "find": Evaluation(
+        lambda n: suite.make_find_queries("test", n),
+        by_group=lambda e: "negative queries" if e.response == suite.NO_ENTITY else "positive queries",
+        description="typed entity queries over held-out passages, about half negative",
+        baseline_data=_find_seed_data,
+    ),
+    "explained": _system_evaluation(
+        suite.EXPLAIN,
+        "held-out instructions under the 'explain' system prompt; the answer after '=>' is scored",
+    ),
+    "brief": _system_evaluation(
+        suite.BRIEF, "held-out instructions under the 'brief' system prompt; the answer is scored"
+    ),
+}
+
+
+def score(
+    predictions: Sequence[str], examples: Sequence[Example], evaluation: Evaluation
+) -> dict[str, float]:
+    """Exact match (overall and per group) and character ROUGE-L of the read answers."""
+    answers = [evaluation.read(p) for p in predictions]
+    metrics = {"exact_match": exact_match(answers, examples)}
+    if evaluation.by_group is not None:
+        groups: dict[str, list[int]] = {}
+        for i, example in enumerate(examples):
+            groups.setdefault(evaluation.by_group(example), []).append(i)
+        for name in sorted(groups):
+            rows = groups[name]
+            metrics[f"exact_match ({name})"] = exact_match(
+                [answers[i] for i in rows], [examples[i] for i in rows]
+            )
+    metrics["rouge_l"] = mean_rouge_l(answers, examples)
+    return metrics

@@ -1,1 +1,0 @@
-"""Black-box distillation: teacher access through text only (backends, cache, server)."""

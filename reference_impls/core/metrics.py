@@ -1,0 +1,171 @@
+"""Evaluation metrics: exact match, ROUGE-L F1 and the token-level KL to the teacher.
+
+* Exact match asks whether the generated answer is *one of* the valid answers.
+* ROUGE-L F1 gives partial credit from the longest common subsequence (LCS) with the closest
+  valid answer; by default over characters, since the suite's answers are single words.
+* The token-level KL measures how far the student's next-token distributions are from the
+  teacher's on the same reference sequences (teacher forcing), i.e. what logit distillation
+  directly optimises, independent of decoding.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from reference_impls.core.tokenizer import encode_pair, pad_id
+from reference_impls.core.training import collate, next_token_view
+from reference_impls.tasks.strings import Example
+
+
+def exact_match(predictions: Sequence[str], examples: Sequence[Example]) -> float:
+    """Share of predictions that equal (after stripping whitespace) one of the example's answers."""
+    if len(predictions) != len(examples):
+        raise ValueError(f"{len(predictions)} predictions for {len(examples)} examples")
+    if not examples:
+        return 0.0
+    return sum(p.strip() in e.answers for p, e in zip(predictions, examples, strict=True)) / len(examples)
+
+
+def lcs_length(a: Sequence[str], b: Sequence[str]) -> int:
+    """Length of the longest common subsequence of two sequences (O(len(a)·len(b)) DP)."""
+    previous = [0] * (len(b) + 1)
+    for x in a:
+        current = [0]
+        for j, y in enumerate(b):
+            current.append(previous[j] + 1 if x == y else max(previous[j + 1], current[j]))
+        previous = current
+    return previous[-1]
+
+
+def rouge_l(prediction: str, reference: str, *, unit: str = "char") -> float:
+    r"""ROUGE-L F1 between two texts.
+
+    $P = \mathrm{LCS}/|pred|$, $R = \mathrm{LCS}/|ref|$, $F_1 = 2PR/(P+R)$, over characters
+    (``unit="char"``) or whitespace-separated words (``unit="word"``). Two empty texts score 1.
+    """
+    if unit not in ("char", "word"):
+        raise ValueError(f"unit must be 'char' or 'word', got {unit!r}")
+    if unit == "char":
+        pred, ref = list(prediction.strip()), list(reference.strip())
+    else:
+        pred, ref = prediction.split(), reference.split()
+    if not pred and not ref:
+        return 1.0
+    common = lcs_length(pred, ref)
+    if common == 0:
+        return 0.0
+    precision, recall = common / len(pred), common / len(ref)
+    return 2 * precision * recall / (precision + recall)
+
+
+def mean_rouge_l(predictions: Sequence[str], examples: Sequence[Example], *, unit: str = "char") -> float:
+    """Mean over examples of the best ROUGE-L F1 against any valid answer."""
+    if not examples:
+        return 0.0
+    scores = [
+        max(rouge_l(p, answer, unit=unit) for answer in e.answers)
+        for p, e in zip(predictions, examples, strict=True)
+    ]
+    return sum(scores) / len(scores)
+
+
+MEASURES = ("forward-kl", "reverse-kl", "total-variation")
+
+
+def _per_token(measure: str, log_p: Tensor, log_q: Tensor) -> Tensor:
+    """Per-vocabulary-entry terms of one distance between teacher ``log_p`` and student ``log_q``."""
+    if measure == "total-variation":
+        return 0.5 * (log_p.exp() - log_q.exp()).abs()
+    if measure == "reverse-kl":
+        log_p, log_q = log_q, log_p
+    # xlogy-style: positions where p == 0 contribute exactly 0 even if log q is -inf.
+    return torch.where(log_p.exp() > 0, log_p.exp() * (log_p - log_q), torch.zeros_like(log_p))
+
+
+@torch.no_grad()
+def token_distances_to_teacher(
+    student: PreTrainedModel,
+    teacher: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    examples: Sequence[Example],
+    *,
+    batch_size: int = 256,
+    vocab_size: int | None = None,
+    measures: Sequence[str] = MEASURES,
+) -> dict[str, float]:
+    r"""Mean over reference-response tokens of teacher–student distances, all from one pass.
+
+    ``measures`` picks the per-token distances: ``"forward-kl"``
+    ($\mathrm{KL}(p_{teacher} \,\|\, q_{student})$), ``"reverse-kl"`` ($\mathrm{KL}(q \,\|\, p)$)
+    and ``"total-variation"`` ($\tfrac12\sum_v |p - q|$). Forward KL rewards a student that
+    covers all of the teacher's mass, reverse KL one that stays inside the teacher's modes, TVD
+    treats both errors alike; each objective family should be judged by the distance it
+    optimises as well.
+
+    Both models are teacher-forced once on the same ``[bos] prompt response [eos]`` sequences;
+    each distance is taken at every position that predicts a response token (EOS included) and
+    averaged over all such positions of all examples, e.g. for forward KL
+    $\frac{1}{N}\sum_t \sum_v p_t(v) (\log p_t(v) - \log q_t(v))$, in float32.
+
+    Args:
+        student: Student model; its vocabulary must be the teacher's.
+        teacher: Teacher model.
+        tokenizer: The shared tokenizer.
+        examples: Sequences to score (their reference ``response``).
+        batch_size: Sequences per forward pass.
+        vocab_size: Cut logits to the first ``vocab_size`` entries (differently padded heads).
+        measures: Any of ``MEASURES``.
+
+    Returns:
+        ``{measure: mean distance}``.
+    """
+    unknown = [m for m in measures if m not in MEASURES]
+    if unknown:
+        raise ValueError(f"unknown measure {unknown[0]!r}; use one of {', '.join(MEASURES)}")
+    device = next(student.parameters()).device
+    totals, count = dict.fromkeys(measures, 0.0), 0
+    pad = pad_id(tokenizer)
+    for start in range(0, len(examples), batch_size):
+        rows = [encode_pair(tokenizer, e.prompt, e.response) for e in examples[start : start + batch_size]]
+        batch = {k: v.to(device) for k, v in collate(rows, pad).items()}
+        inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+        student_logits, labels = next_token_view(student(**inputs).logits[..., :vocab_size], batch["labels"])
+        teacher_logits, _ = next_token_view(teacher(**inputs).logits[..., :vocab_size], batch["labels"])
+        if student_logits.shape[-1] != teacher_logits.shape[-1]:
+            raise ValueError(
+                f"student vocabulary ({student_logits.shape[-1]}) differs from the teacher's "
+                f"({teacher_logits.shape[-1]}): the token-level KL needs a shared vocabulary"
+            )
+        mask = labels != -100
+        log_p = torch.log_softmax(teacher_logits[mask].float(), dim=-1)
+        log_q = torch.log_softmax(student_logits[mask].float(), dim=-1)
+        for measure in measures:
+            totals[measure] += _per_token(measure, log_p, log_q).sum().item()
+        count += int(mask.sum())
+    return {measure: total / max(count, 1) for measure, total in totals.items()}
+
+
+def token_divergence_to_teacher(
+    student: PreTrainedModel,
+    teacher: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    examples: Sequence[Example],
+    *,
+    batch_size: int = 256,
+    vocab_size: int | None = None,
+    measure: str = "forward-kl",
+) -> float:
+    """One distance of `token_distances_to_teacher` (default: forward KL)."""
+    return token_distances_to_teacher(
+        student,
+        teacher,
+        tokenizer,
+        examples,
+        batch_size=batch_size,
+        vocab_size=vocab_size,
+        measures=(measure,),
+    )[measure]

@@ -1,0 +1,401 @@
+"""Batching and the training loop shared by every logit-level method.
+
+The loop owns the plumbing and nothing method-specific: it batches ``[bos] prompt response
+[eos]`` sequences, runs the (frozen) teacher, shifts logits against labels *once* so that
+position ``t`` predicts token ``t+1``, and hands the objective aligned tensors
+
+* ``student_logits``: ``[batch, seq, vocab]``,
+* ``teacher_logits``: ``[batch, seq, vocab]`` or ``None``,
+* ``labels``: ``[batch, seq]`` with -100 on prompt and padding positions.
+
+At large vocabularies the ``[batch, seq, vocab]`` logits are what runs out of memory. An
+objective that also offers a ``from_hidden`` method (see ``FusedObjective``; the word-level
+methods do) is then given the final hidden states and LM-head weights instead, and computes the
+same loss chunk by chunk (``reference_impls.losses.fused``) without ever holding the logits. This
+is the default once ``batch × seq × vocab`` reaches ``FUSED_MIN_LOGITS``; the embedded tiny models
+(vocabulary 100) stay far below it and use the readable logits path.
+
+It uses HF Accelerate, so ``accelerate launch`` (DDP, FSDP, DeepSpeed) scales it unchanged.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
+
+import torch
+from accelerate import Accelerator
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from torch import Tensor
+from torch.utils.data import DataLoader
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from reference_impls.core.data_sources import OnlineSource, Sampler
+from reference_impls.core.tokenizer import encode_pair, pad_id
+from reference_impls.losses import hard_label_ce
+
+Objective = Callable[[Tensor, Tensor | None, Tensor], Tensor]
+"""``(student_logits [B,T,V], teacher_logits [B,T,V] | None, labels [B,T]) -> scalar loss``."""
+
+StepLoss = Callable[[torch.nn.Module, "PreTrainedModel | None", dict[str, Tensor], "int | None"], Tensor]
+"""``(student, teacher, batch, vocab_size) -> scalar loss``: a method that needs more than aligned
+logits of one batch (MiniLLM: rollouts, stored log-probs and a language-modelling batch) computes
+its whole step loss itself; the loop still owns the optimizer, clipping, schedule and data."""
+
+FUSED_MIN_LOGITS = 2**25
+"""Logits entries per step (``batch × seq × vocab``, about 33.5M: 128 MiB per float32 logits
+tensor, e.g. 256 tokens at a 128k vocabulary) from which a fused objective is used by default.
+Below it the logits are small and the readable path costs nothing; above it the full logits,
+their softmaxes and gradients (several such tensors) start to dominate memory."""
+
+
+@dataclass(frozen=True)
+class HeadInputs:
+    """What a model's logits are made of: ``logits = hidden @ weight.T + bias``.
+
+    Attributes:
+        hidden: ``[batch, seq, hidden]`` final hidden states (after the final norm), aligned
+            with the labels like the logits would be.
+        weight: ``[vocab, hidden]`` LM-head weight (cut to the shared vocabulary if asked).
+        bias: ``[vocab]`` or ``None``.
+    """
+
+    hidden: Tensor
+    weight: Tensor
+    bias: Tensor | None = None
+
+
+@runtime_checkable
+class FusedObjective(Protocol):
+    """An objective that can also compute its loss from hidden states and LM heads."""
+
+    def __call__(self, student_logits: Tensor, teacher_logits: Tensor | None, labels: Tensor) -> Tensor: ...
+
+    def from_hidden(self, student: HeadInputs, teacher: HeadInputs | None, labels: Tensor) -> Tensor: ...
+
+
+def use_fused_path(objective: Objective, num_tokens: int, vocab_size: int, fused: bool | None) -> bool:
+    """Whether a step takes the fused path: asked for (``fused=True``), or by default
+    (``fused=None``) when the objective supports it and ``num_tokens × vocab_size`` reaches
+    ``FUSED_MIN_LOGITS``.
+
+    Raises:
+        ValueError: ``fused=True`` with an objective that has no ``from_hidden``.
+    """
+    supported = isinstance(objective, FusedObjective)
+    if fused and not supported:
+        raise ValueError("fused=True needs an objective with a from_hidden method (e.g. a word-level method)")
+    if fused is None:
+        return supported and num_tokens * vocab_size >= FUSED_MIN_LOGITS
+    return fused
+
+
+def _plain_linear_head(model: PreTrainedModel) -> bool:
+    """Logits are exactly ``head(last hidden state)``: no soft-capping or scaling after the head."""
+    config = model.config
+    return (
+        getattr(config, "final_logit_softcapping", None) is None
+        and getattr(config, "logit_scale", 1.0) in (None, 1.0)
+        and getattr(config, "logits_scaling", 1.0) in (None, 1.0)
+    )
+
+
+def head_inputs(
+    model: torch.nn.Module, unwrapped: PreTrainedModel, batch: dict[str, Tensor], vocab_size: int | None
+) -> HeadInputs:
+    """Final hidden states and LM head of a forward pass, skipping the full logits.
+
+    ``model`` may be the distributed wrapper of ``unwrapped`` (its forward keeps gradient sync).
+    """
+    kwargs: dict[str, Any] = {"output_hidden_states": True}
+    if "logits_to_keep" in inspect.signature(unwrapped.forward).parameters:
+        kwargs["logits_to_keep"] = 1  # the head on the last position only: no [B, T, V] tensor
+    outputs = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], **kwargs)
+    head = unwrapped.get_output_embeddings()
+    keep = slice(None) if vocab_size is None else slice(0, vocab_size)
+    bias = getattr(head, "bias", None)
+    return HeadInputs(outputs.hidden_states[-1], head.weight[keep], None if bias is None else bias[keep])
+
+
+def collate(rows: Sequence[tuple[list[int], list[int]]], pad: int) -> dict[str, Tensor]:
+    """Right-pad ``(input_ids, labels)`` rows into ``[batch, seq]`` tensors (labels padded -100)."""
+    width = max(len(ids) for ids, _ in rows)
+    input_ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    labels = torch.full((len(rows), width), -100, dtype=torch.long)
+    attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, (ids, row_labels) in enumerate(rows):
+        input_ids[i, : len(ids)] = torch.tensor(ids)
+        labels[i, : len(ids)] = torch.tensor(row_labels)
+        attention_mask[i, : len(ids)] = 1
+    return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+
+
+def make_dataloader(
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: Sequence[str],
+    responses: Sequence[str],
+    *,
+    batch_size: int,
+    seed: int = 0,
+    shuffle: bool = True,
+    teacher_tokenizer: PreTrainedTokenizerBase | None = None,
+) -> DataLoader:
+    """Batches of ``input_ids``, ``attention_mask``, ``labels`` (each ``[batch, seq]``) and
+    ``example_index`` (``[batch]``, the row's position in ``prompts``).
+
+    With ``teacher_tokenizer`` (cross-tokenizer methods) each batch also holds the same examples
+    tokenized for the teacher under ``teacher_input_ids``, ``teacher_attention_mask`` and
+    ``teacher_labels``. The shuffling order depends only on ``seed``, so runs with the same seed
+    see the same data.
+    """
+    if len(prompts) != len(responses):
+        raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
+    rows = [encode_pair(tokenizer, p, r) for p, r in zip(prompts, responses, strict=True)]
+    pad = pad_id(tokenizer)
+    teacher_rows: list[tuple[list[int], list[int]]] = []
+    if teacher_tokenizer is not None:
+        teacher_rows = [encode_pair(teacher_tokenizer, p, r) for p, r in zip(prompts, responses, strict=True)]
+    teacher_pad = pad_id(teacher_tokenizer) if teacher_tokenizer is not None else pad
+
+    def collate_indexed(indices: list[int]) -> dict[str, Tensor]:
+        batch = collate([rows[i] for i in indices], pad)
+        batch["example_index"] = torch.tensor(indices, dtype=torch.long)
+        if teacher_rows:
+            teacher = collate([teacher_rows[i] for i in indices], teacher_pad)
+            batch.update({f"teacher_{key}": value for key, value in teacher.items()})
+        return batch
+
+    return DataLoader(
+        list(range(len(rows))),  # a list is a valid map-style dataset
+        batch_size=batch_size,
+        shuffle=shuffle,
+        generator=torch.Generator().manual_seed(seed),
+        collate_fn=collate_indexed,
+    )
+
+
+def next_token_view(logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+    """Align predictions with targets: ``logits[:, :-1]`` predicts ``labels[:, 1:]``.
+
+    Args:
+        logits: ``[batch, seq, vocab]`` model outputs on the full sequence.
+        labels: ``[batch, seq]`` token ids aligned with the inputs, -100 where ignored.
+
+    Returns:
+        ``([batch, seq-1, vocab], [batch, seq-1])``.
+    """
+    return logits[:, :-1], labels[:, 1:]
+
+
+def warmup_cosine(step: int, total: int, warmup: int, floor: float = 0.1) -> float:
+    """Learning-rate multiplier: linear warmup, then cosine decay to ``floor``."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def train_student(
+    student: PreTrainedModel,
+    batches: DataLoader,
+    objective: Objective,
+    steps: int,
+    accelerator: Accelerator | None,
+    teacher: PreTrainedModel | None = None,
+    *,
+    learning_rate: float = 3e-3,
+    warmup_fraction: float = 0.05,
+    weight_decay: float = 0.0,
+    max_grad_norm: float = 1.0,
+    vocab_size: int | None = None,
+    fused: bool | None = None,
+    source: OnlineSource | None = None,
+    sampler: Sampler | None = None,
+    validation_batches: DataLoader | None = None,
+    step_loss: StepLoss | None = None,
+    progress: bool = True,
+    description: str = "Training the student",
+) -> list[float]:
+    """Train ``student`` in place for ``steps`` optimizer steps (cycling over ``batches``).
+
+    Args:
+        student: The model to train.
+        batches: Yields dicts with ``input_ids``, ``attention_mask``, ``labels`` ``[batch, seq]``.
+        objective: The loss on aligned ``(student_logits, teacher_logits | None, labels)``.
+        steps: Number of optimizer steps.
+        accelerator: Places models and data and wraps them for distributed runs; ``None``
+            trains in this process only, on the student's device (used to build the teacher,
+            which the main process does alone).
+        teacher: Frozen teacher whose logits are passed to the objective; ``None`` for
+            objectives that need no teacher logits.
+        learning_rate: Peak AdamW learning rate.
+        warmup_fraction: Share of ``steps`` spent in linear warmup.
+        weight_decay: AdamW weight decay.
+        max_grad_norm: Gradient clipping threshold.
+        vocab_size: If given, logits are cut to their first ``vocab_size`` entries, for a teacher
+            and student that share a tokenizer but pad their embedding matrices differently.
+        fused: Compute the loss from hidden states and LM heads without the full logits (needs
+            an objective with ``from_hidden`` and plain linear heads); ``None`` decides per step
+            with ``use_fused_path`` (fused from ``FUSED_MIN_LOGITS`` logits entries on).
+        source: A dynamic data source (on-policy, mixtures, replay): at every step it turns the
+            loader's batch into the batch to train on, using ``sampler``.
+        sampler: Continues batch prompts with the current student or the teacher (needed with
+            ``source``).
+        validation_batches: Held-out batches; the student's cross-entropy on them is reported to
+            ``source.on_validation`` before training and every ``source.validation_interval``
+            steps (DistiLLM's adaptive schedule).
+        step_loss: Computes each step's loss from the models and the batch, replacing
+            ``objective`` (see `StepLoss`).
+        progress: Show a progress bar (main process only).
+        description: Progress bar label.
+
+    Returns:
+        The loss at each step (of this process).
+    """
+    optimizer = torch.optim.AdamW(student.parameters(), lr=learning_rate, weight_decay=weight_decay)
+    warmup = max(1, int(warmup_fraction * steps))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: warmup_cosine(s, steps, warmup))
+    if accelerator is not None:
+        model, optimizer, loader, scheduler = accelerator.prepare(student, optimizer, batches, scheduler)
+        device, backward, clip = accelerator.device, accelerator.backward, accelerator.clip_grad_norm_
+        show = progress and accelerator.is_main_process
+    else:
+        model, loader, device = student, batches, next(student.parameters()).device
+        backward, clip, show = Tensor.backward, torch.nn.utils.clip_grad_norm_, progress
+    if teacher is not None:
+        # Never wrapped for distributed training: it has no gradients to synchronise.
+        teacher.to(device).eval().requires_grad_(False)
+    unwrapped = student if accelerator is None else accelerator.unwrap_model(model)
+    heads_are_linear = _plain_linear_head(unwrapped) and (teacher is None or _plain_linear_head(teacher))
+    if fused and not heads_are_linear:
+        raise ValueError("fused=True needs plain linear LM heads (no logit soft-capping or scaling)")
+    use_fused_path(objective, 0, 0, fused)  # fails early if fused=True cannot be honoured
+    output_size = unwrapped.get_output_embeddings().weight.shape[0]
+
+    if source is not None and sampler is None:
+        raise ValueError(f"the data source '{source.name}' samples sequences: pass a sampler")
+    interval = None if source is None else source.validation_interval(steps)
+    if interval is not None and validation_batches is None:
+        raise ValueError(f"the data source '{source.name}' needs validation_batches")
+
+    def validate() -> None:
+        source.on_validation(validation_loss(model, validation_batches, device, vocab_size))
+
+    losses: list[float] = []
+    columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
+    columns.append(TextColumn("loss {task.fields[loss]:.3f}"))
+    model.train()
+    with Progress(*columns, disable=not show, transient=False) as bar:
+        task = bar.add_task(description, total=steps, loss=float("nan"))
+        data = iter(loader)
+        if interval is not None:
+            validate()  # the reference loss before training
+        while len(losses) < steps:
+            try:
+                batch = next(data)
+            except StopIteration:  # a new epoch
+                data = iter(loader)
+                batch = next(data)
+            batch = {key: value.to(device) for key, value in batch.items()}
+            if source is not None:
+                batch = source.next_batch(len(losses), steps, batch, sampler)
+            if step_loss is not None:
+                loss = step_loss(model, teacher, batch, vocab_size)
+            elif heads_are_linear and use_fused_path(
+                objective, batch["input_ids"].numel(), vocab_size or output_size, fused
+            ):
+                loss = _fused_loss(model, unwrapped, teacher, batch, objective, vocab_size)
+            else:
+                loss = _logits_loss(model, teacher, batch, objective, vocab_size)
+            backward(loss)
+            clip(model.parameters(), max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            losses.append(loss.item())
+            bar.update(task, advance=1, loss=losses[-1])
+            if interval is not None and len(losses) % interval == 0 and len(losses) < steps:
+                validate()
+    model.eval()
+    return losses
+
+
+@torch.no_grad()
+def validation_loss(
+    model: torch.nn.Module, batches: DataLoader, device: torch.device, vocab_size: int | None = None
+) -> float:
+    """The model's mean next-token cross-entropy over held-out batches (left in train mode)."""
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    for batch in batches:
+        batch = {key: value.to(device) for key, value in batch.items()}
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        if vocab_size is not None:
+            logits = logits[..., :vocab_size]
+        student_logits, labels = next_token_view(logits, batch["labels"])
+        total += float(hard_label_ce(student_logits, labels))
+        count += 1
+    model.train(was_training)
+    return total / max(count, 1)
+
+
+def aligned_logits(
+    net: torch.nn.Module, batch: dict[str, Tensor], prefix: str = "", vocab_size: int | None = None
+) -> tuple[Tensor, Tensor]:
+    """``net``'s logits on the batch's ``{prefix}input_ids`` cut to ``vocab_size`` and aligned with
+    ``{prefix}labels`` (shifted once): ``([B, T-1, V], [B, T-1])``. Gradients as the caller's context."""
+    out = net(input_ids=batch[f"{prefix}input_ids"], attention_mask=batch[f"{prefix}attention_mask"])
+    logits = out.logits if vocab_size is None else out.logits[..., :vocab_size]
+    return next_token_view(logits, batch[f"{prefix}labels"])
+
+
+def _logits_loss(
+    model: torch.nn.Module,
+    teacher: PreTrainedModel | None,
+    batch: dict[str, Tensor],
+    objective: Objective,
+    vocab_size: int | None,
+) -> Tensor:
+    """The readable path: full logits of both models, shifted once, into the objective."""
+    student_logits, labels = aligned_logits(model, batch, vocab_size=vocab_size)
+    teacher_logits = None
+    if teacher is not None:
+        with torch.no_grad():
+            teacher_logits = aligned_logits(teacher, batch, vocab_size=vocab_size)[0]
+    return objective(student_logits, teacher_logits, labels)
+
+
+def _fused_loss(
+    model: torch.nn.Module,
+    unwrapped: PreTrainedModel,
+    teacher: PreTrainedModel | None,
+    batch: dict[str, Tensor],
+    objective: FusedObjective,
+    vocab_size: int | None,
+) -> Tensor:
+    """The memory-lean path: hidden states and LM heads, shifted once, into ``from_hidden``."""
+    student = head_inputs(model, unwrapped, batch, vocab_size)
+    hidden, labels = next_token_view(student.hidden, batch["labels"])
+    student = HeadInputs(hidden, student.weight, student.bias)
+    teacher_head = None
+    if teacher is not None:
+        with torch.no_grad():
+            teacher_head = head_inputs(teacher, teacher, batch, vocab_size)
+        shifted = next_token_view(teacher_head.hidden, batch["labels"])[0]
+        teacher_head = HeadInputs(shifted, teacher_head.weight, teacher_head.bias)
+    return objective.from_hidden(student, teacher_head, labels)
+
+
+def cross_entropy_objective(student_logits: Tensor, teacher_logits: Tensor | None, labels: Tensor) -> Tensor:
+    """Plain next-token cross-entropy on the labels (the no-distillation baseline).
+
+    Args:
+        student_logits: ``[batch, seq, vocab]``.
+        teacher_logits: Ignored.
+        labels: ``[batch, seq]``, -100 ignored; per-token mean.
+    """
+    return hard_label_ce(student_logits, labels)

@@ -1,0 +1,175 @@
+"""The embedded teacher: trained on first use, then loaded from the user's cache.
+
+The cache key combines the suite version with a hash of everything that determines the weights
+(model config, tokenizer vocabulary, training recipe), so changing any of them trains a new
+teacher instead of silently reusing a stale one. Writes are atomic: the teacher is saved into a
+temporary sibling directory that is renamed into place only when complete, so an interrupted
+run never leaves a half-written cache entry behind.
+
+The recipe is sized for the 2-minute budget on 2 CPU cores; `benchmarks/run_times.py` measures
+the build time and the teacher card (`teacher_card.json` in the cache entry) records its
+held-out exact match. The teacher is good but not perfect: addition and the multi-answer vowel
+task are near-solved, counting and reversal are its weak tasks, and OOD lengths mostly fail.
+Training is deterministic for a given seed *and thread count*: float reductions differ across
+thread counts, so weights trained with 1 and 2 threads differ slightly.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from reference_impls.core.generation import generate_responses
+from reference_impls.core.metrics import exact_match
+from reference_impls.core.models import build_decoder, build_teacher_config
+from reference_impls.core.tokenizer import build_tokenizer
+from reference_impls.core.training import cross_entropy_objective, make_dataloader, train_student
+from reference_impls.tasks.strings import SUITE_VERSION, TASK_NAMES, make_split
+
+TEACHER_MESSAGE = "Training the embedded teacher (first use, cached afterwards)…"
+
+
+@dataclass(frozen=True)
+class TeacherRecipe:
+    """How the embedded teacher is trained (part of its cache key)."""
+
+    steps: int = 1600
+    batch_size: int = 64
+    learning_rate: float = 3e-3
+    train_size: int = 50000
+    seed: int = 0
+    # The arithmetic and counting tasks need many more updates than the string copies, so the
+    # teacher sees them three times as often (the order of the cycle over tasks).
+    task_mix: tuple[str, ...] = tuple(
+        ["copy", "add", "rev", "count", "sort", "add", "up", "count", "vowel", "add", "sort", "count"]
+    )
+
+
+# A few steps only: for tests of the caching mechanics, not of teacher quality.
+QUICK_RECIPE = TeacherRecipe(steps=3, batch_size=8, train_size=64, task_mix=TASK_NAMES)
+
+
+def cache_root() -> Path:
+    """``$KDATLAS_CACHE`` if set, else ``~/.cache/kdatlas``."""
+    return Path(os.environ.get("KDATLAS_CACHE") or Path.home() / ".cache" / "kdatlas")
+
+
+def teacher_key(recipe: TeacherRecipe) -> str:
+    """``<suite version>-<hash>`` of the config, vocabulary and recipe that determine the weights."""
+    tokenizer = build_tokenizer()
+    identity = {
+        "suite": SUITE_VERSION,
+        # A sample of the training data: catches generator edits that forgot to bump the version.
+        "sample": [
+            (e.prompt, e.response) for e in make_split("train", 64, seed=recipe.seed, tasks=recipe.task_mix)
+        ],
+        "config": build_teacher_config(tokenizer).to_dict(),
+        "vocab": sorted(tokenizer.get_vocab().items()),
+        "recipe": asdict(recipe),
+    }
+    # transformers_version changes with the library but not the weights: keep it out of the key.
+    identity["config"].pop("transformers_version", None)
+    digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:12]
+    return f"{SUITE_VERSION}-{digest}"
+
+
+def teacher_dir(recipe: TeacherRecipe = TeacherRecipe()) -> Path:
+    """Where the teacher trained with ``recipe`` is (or will be) cached."""
+    return cache_root() / "teachers" / teacher_key(recipe)
+
+
+def train_teacher(
+    recipe: TeacherRecipe, device: str, progress: bool = True
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Train the embedded teacher from scratch with next-token cross-entropy on the train split."""
+    tokenizer = build_tokenizer()
+    model = build_decoder(build_teacher_config(tokenizer), recipe.seed).to(device)
+    examples = make_split("train", recipe.train_size, seed=recipe.seed, tasks=recipe.task_mix)
+    batches = make_dataloader(
+        tokenizer,
+        [e.prompt for e in examples],
+        [e.response for e in examples],
+        batch_size=recipe.batch_size,
+        seed=recipe.seed,
+    )
+    train_student(
+        model,
+        batches,
+        cross_entropy_objective,
+        recipe.steps,
+        accelerator=None,  # the main process trains the teacher alone, even under accelerate launch
+        learning_rate=recipe.learning_rate,
+        progress=progress,
+        description=TEACHER_MESSAGE,
+    )
+    return model, tokenizer
+
+
+def load_or_train_teacher(
+    device: str | torch.device = "cpu", progress: bool = True, *, recipe: TeacherRecipe = TeacherRecipe()
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """The cached embedded teacher and its tokenizer; trains and caches it on first use.
+
+    Args:
+        device: Where to place the model.
+        progress: Show a progress bar while training.
+        recipe: Training recipe (tests use ``QUICK_RECIPE``).
+
+    Returns:
+        ``(model, tokenizer)``, the model in eval mode on ``device``.
+    """
+    target = teacher_dir(recipe)
+    if not is_complete(target):
+        model, tokenizer = train_teacher(recipe, str(device), progress)
+        test = make_split("test", 210, seed=recipe.seed)
+        predictions = generate_responses(model, tokenizer, [e.prompt for e in test])
+        card = {
+            "key": target.name,
+            "recipe": asdict(recipe),
+            "test_exact_match": exact_match(predictions, test),
+        }
+        save_entry(target, model, tokenizer, card)
+    return load_entry(target, device)
+
+
+def is_complete(target: Path) -> bool:
+    """Whether the cache entry ``target`` is complete (its card, written last, exists)."""
+    return (target / "teacher_card.json").exists()
+
+
+def save_entry(
+    target: Path, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, card: dict[str, object]
+) -> None:
+    """Save a trained model as the cache entry ``target``, atomically (staged, then renamed)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    staging.chmod(0o755)  # mkdtemp creates it private; the cache entry is an ordinary folder
+    try:
+        model.save_pretrained(staging)  # safetensors
+        tokenizer.save_pretrained(staging)
+        # The card is written last: its presence marks a complete entry.
+        (staging / "teacher_card.json").write_text(json.dumps(card, indent=2))
+        if is_complete(target):  # another process finished first
+            shutil.rmtree(staging)
+        else:
+            shutil.rmtree(target, ignore_errors=True)  # an incomplete entry not written by us
+            os.replace(staging, target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def load_entry(target: Path, device: str | torch.device) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """The model (eval mode, on ``device``) and tokenizer of a complete cache entry."""
+    tokenizer = AutoTokenizer.from_pretrained(target)
+    # The attention implementation is not saved with the config; eager is faster at this size.
+    model = AutoModelForCausalLM.from_pretrained(target, attn_implementation="eager").to(device).eval()
+    return model, tokenizer
