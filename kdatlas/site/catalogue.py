@@ -1,6 +1,6 @@
 """The statistics page and the filterable catalogue of all entries.
 
-Both are generated from the same numbers as `kdatlas stats` (`kdatlas.stats`), so the site cannot
+Both are generated from the same numbers as `kdatlas stats` (`kdatlas.site.stats`), so the site cannot
 drift from the data. Links are passed in as functions (as for the mind map), which keeps this
 module free of page-layout knowledge.
 
@@ -15,7 +15,7 @@ from collections.abc import Callable
 from html import escape
 
 from kdatlas.model import Entry, Placement, Status
-from kdatlas.stats import TaxonomyStats, venue_series
+from kdatlas.site.stats import TaxonomyStats, venue_series
 from kdatlas.taxonomy import Taxonomy
 
 Href = Callable[[str], str]
