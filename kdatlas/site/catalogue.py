@@ -4,7 +4,8 @@ Both are generated from the same numbers as `kdatlas stats` (`kdatlas.site.stats
 drift from the data. Links are passed in as functions (as for the mind map), which keeps this
 module free of page-layout knowledge.
 
-The catalogue is a plain HTML table; each row carries its branch, year, venue series, tags and
+Python computes the rows and the timeline; ``templates/statistics.md.j2`` and
+``templates/catalogue.md.j2`` lay out the pages. The catalogue is a plain HTML table; each row carries its branch, year, venue series, tags and
 status as ``data-*`` attributes, and ``docs/javascripts/catalogue.js`` filters the rows in the
 browser (no server, works offline). Without JavaScript the full table is still there.
 """
@@ -12,9 +13,9 @@ browser (no server, works offline). Without JavaScript the full table is still t
 from __future__ import annotations
 
 from collections.abc import Callable
-from html import escape
 
 from kdatlas.model import Entry, Placement, Status
+from kdatlas.site.render import render
 from kdatlas.site.stats import TaxonomyStats, venue_series
 from kdatlas.taxonomy import Taxonomy
 
@@ -36,41 +37,9 @@ FILTERS = (
 )
 
 
-def _percent(value: float | None) -> str:
+def percent(value: float | None) -> str:
+    """A share as a whole percentage, or a dash when there is nothing to divide by."""
     return "—" if value is None else f"{round(100 * value)} %"
-
-
-def render_branch_table(stats: TaxonomyStats, branch_href: Href) -> str:
-    """Entries, implementation coverage and survey placement per branch (indented by depth)."""
-    lines = [
-        "| Branch | Entries | Implemented | Planned | N/A | Coverage | In survey | Beyond |",
-        "|---|--:|--:|--:|--:|--:|--:|--:|",
-    ]
-    for branch in stats.branches:
-        indent = "&emsp;" * branch.depth
-        lines.append(
-            f"| {indent}[{branch.name}]({branch_href(branch.branch)}) | {branch.entries} | "
-            f"{branch.implemented} | {branch.planned} | {branch.not_applicable} | "
-            f"{_percent(branch.coverage)} | {branch.in_survey} | {branch.beyond_survey} |"
-        )
-    status = stats.by_status
-    implementable = status.get("implemented", 0) + status.get("planned", 0)
-    coverage = status.get("implemented", 0) / implementable if implementable else None
-    lines.append(
-        f"| **All** | **{stats.total}** | **{status.get('implemented', 0)}** | "
-        f"**{status.get('planned', 0)}** | **{status.get('not-applicable', 0)}** | "
-        f"**{_percent(coverage)}** | **{stats.by_placement.get('in-survey', 0)}** | "
-        f"**{stats.by_placement.get('beyond-survey', 0)}** |"
-    )
-    return "\n".join(lines)
-
-
-def render_count_table(title: str, counts: dict[str, int], total: int) -> str:
-    """A two-column count table with shares."""
-    lines = [f"| {title} | Entries | Share |", "|---|--:|--:|"]
-    for name, count in counts.items():
-        lines.append(f"| {escape(str(name))} | {count} | {_percent(count / total if total else None)} |")
-    return "\n".join(lines)
 
 
 def timeline_svg(stats: TaxonomyStats) -> str:
@@ -115,46 +84,21 @@ def timeline_svg(stats: TaxonomyStats) -> str:
 
 def render_statistics_page(stats: TaxonomyStats, branch_href: Href, catalogue_link: str) -> str:
     """The statistics page (Markdown with inline SVG)."""
-    years = f"{min(stats.by_year)}–{max(stats.by_year)}" if stats.by_year else "—"
-    return (
-        "\n\n".join(
-            [
-                "---\ntitle: Statistics\nhide:\n  - navigation\n---",
-                "# Statistics",
-                f"Generated from `taxonomy/` at build time — the same numbers as `kdatlas stats` and "
-                f"`kdatlas list`. **{stats.total} entries** from {years}; "
-                f"{stats.by_status.get('implemented', 0)} have a reference implementation. "
-                f"Browse or filter them all in the [catalogue]({catalogue_link}).",
-                "## Per branch and implementation coverage",
-                "Coverage is the implemented share of the entries that can be implemented (surveys, "
-                "evaluation studies, applications and directions are *not applicable*).",
-                render_branch_table(stats, branch_href),
-                "## Timeline",
-                '<div class="kd-chart" markdown>\n\n'
-                + timeline_svg(stats)
-                + '\n\n<span class="kd-key kd-key-in"></span> in the survey · '
-                '<span class="kd-key kd-key-beyond"></span> beyond the survey\n\n</div>',
-                render_count_table("Year", {str(y): c for y, c in stats.by_year.items()}, stats.total),
-                "## Per venue",
-                "Venues are grouped by series, without the year (e.g. *ACL 2023* and *ACL 2024* are *ACL*).",
-                render_count_table("Venue", stats.by_venue_series, stats.total),
-                "## Per kind, placement and tag",
-                render_count_table("Kind", stats.by_kind, stats.total),
-                render_count_table(
-                    "Placement",
-                    {PLACEMENT_TEXT[Placement(p)]: c for p, c in stats.by_placement.items()},
-                    stats.total,
-                ),
-                render_count_table("Tag", stats.by_tag, stats.total),
-            ]
-        )
-        + "\n"
+    status = stats.by_status
+    implementable = status.get("implemented", 0) + status.get("planned", 0)
+    total = stats.total
+    return render(
+        "statistics.md.j2",
+        stats=stats,
+        years=f"{min(stats.by_year)}–{max(stats.by_year)}" if stats.by_year else "—",
+        coverage=percent(status.get("implemented", 0) / implementable if implementable else None),
+        branch_href=branch_href,
+        catalogue_link=catalogue_link,
+        timeline=timeline_svg(stats),
+        percent=percent,
+        share=lambda count: percent(count / total if total else None),
+        by_placement={PLACEMENT_TEXT[Placement(p)]: c for p, c in stats.by_placement.items()},
     )
-
-
-def _options(name: str, values: list[str]) -> str:
-    items = "".join(f'<option value="{escape(v)}">{escape(v)}</option>' for v in values)
-    return f'<option value="">all</option>{items}'
 
 
 def render_catalogue_page(taxonomy: Taxonomy, entry_href: Href, branch_name: Callable[[str], str]) -> str:
@@ -176,34 +120,15 @@ def render_catalogue_page(taxonomy: Taxonomy, entry_href: Href, branch_name: Cal
         # A branch filter also matches sub-branches, so offer the ancestors as choices too.
         parts = entry.branch.split("/")
         values["branch"].update("/".join(parts[: i + 1]) for i in range(len(parts)))
-        data = " ".join(f'data-{name}="{escape(value)}"' for name, value in attributes.items())
-        tags = " ".join(f"<code>{escape(tag)}</code>" for tag in entry.tags)
         rows.append(
-            f"<tr {data}>"
-            f'<td><a href="{escape(entry_href(entry.id))}">{escape(entry.name)}</a></td>'
-            f"<td>{escape(branch_name(entry.branch))}</td>"
-            f"<td>{entry.year}</td><td>{escape(entry.venue)}</td><td>{tags}</td>"
-            f"<td>{STATUS_TEXT[entry.status]}</td><td>{PLACEMENT_TEXT[entry.survey.placement]}</td></tr>"
+            {
+                "attributes": attributes,
+                "entry": entry,
+                "href": entry_href(entry.id),
+                "branch": branch_name(entry.branch),
+                "status": STATUS_TEXT[entry.status],
+                "placement": PLACEMENT_TEXT[entry.survey.placement],
+            }
         )
-    controls = []
-    for name, label in FILTERS:
-        ordered = sorted(values[name], reverse=(name == "year"))
-        controls.append(
-            f'<label>{label} <select data-filter="{name}" aria-label="Filter by {label.lower()}">'
-            f"{_options(name, ordered)}</select></label>"
-        )
-    controls.append(
-        '<label>Text <input type="search" data-filter="text" placeholder="name, venue…" '
-        'aria-label="Filter by text"></label>'
-    )
-    return (
-        "---\ntitle: Catalogue\nhide:\n  - navigation\n  - toc\n---\n\n# Catalogue\n\n"
-        f"All {len(entries)} entries. Choose filters to narrow the table; the address bar keeps them "
-        "(e.g. `?tag=on-policy&status=implemented`), so a filtered view can be shared.\n\n"
-        f'<div class="kd-filters">{"".join(controls)}</div>\n\n'
-        f'<p class="kd-count" aria-live="polite">{len(entries)} of {len(entries)} entries</p>\n\n'
-        '<div class="kd-catalogue"><table>'
-        "<thead><tr><th>Entry</th><th>Branch</th><th>Year</th><th>Venue</th><th>Tags</th>"
-        "<th>Status</th><th>Survey</th></tr></thead>"
-        f"<tbody>{''.join(rows)}</tbody></table></div>\n"
-    )
+    filters = [(name, label, sorted(values[name], reverse=(name == "year"))) for name, label in FILTERS]
+    return render("catalogue.md.j2", rows=rows, filters=filters)
