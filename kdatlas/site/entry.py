@@ -18,13 +18,7 @@ from kdatlas.site.links import (
     relative_link,
 )
 from kdatlas.site.render import render
-from kdatlas.site.snippets import (
-    Snippet,
-    api_snippets,
-    is_text_pipeline,
-    pipeline_snippet,
-    recipe_snippet,
-)
+from kdatlas.site.snippets import Snippet, is_text_pipeline, page_snippets
 
 TEACHER_ACCESS_LABEL = {
     TeacherAccess.logits: "logits (white-box)",
@@ -183,16 +177,19 @@ def entry_view(entry: Entry, site: Site) -> EntryView:
     """Everything the entry page shows, computed once."""
     known = [k for k in entry.papers if k in site.bibliography.entries]
     yaml_path = site.source_path(entry.id)
-    black_box = is_text_pipeline(entry)
-    implemented = entry.status is Status.implemented
+    snippets = page_snippets(entry, site)
+
+    def first(kind: str) -> Snippet | None:
+        return next((s for s in snippets if s.kind == kind), None)
+
     return EntryView(
         entry=entry,
         page=entry_page(entry.id),
         card=metadata_card(entry, site),
-        black_box=black_box,
-        recipe=recipe_snippet(entry, site) if implemented and not black_box else None,
-        pipeline=pipeline_snippet(entry, site) if black_box else None,
-        snippets=[] if black_box else api_snippets(entry, site),
+        black_box=is_text_pipeline(entry),
+        recipe=first("recipe"),
+        pipeline=first("pipeline"),
+        snippets=[s for s in snippets if s.kind in ("loss", "call")],
         relations=relations(entry, site),
         references=references(entry, site),
         bibtex=site.bibliography.bibtex(known).strip() if known else "",

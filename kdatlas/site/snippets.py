@@ -14,9 +14,9 @@ import re
 from dataclasses import dataclass
 from typing import Literal
 
-from kdatlas.model import Entry, Status, TeacherAccess
+from kdatlas.model import Entry, TeacherAccess
 from kdatlas.site.links import Site, one_line
-from kdatlas.site.render import render as render_template
+from kdatlas.site.render import render
 
 SnippetKind = Literal["recipe", "pipeline", "loss", "call"]
 
@@ -48,9 +48,9 @@ class Snippet:
     code: str
 
 
-def render(template: str, **context: object) -> str:
+def _code(template: str, **context: object) -> str:
     """A code template rendered without the newline its file ends with."""
-    return render_template(template, **context).rstrip("\n")
+    return render(template, **context).rstrip("\n")
 
 
 def is_text_pipeline(entry: Entry) -> bool:
@@ -61,11 +61,11 @@ def is_text_pipeline(entry: Entry) -> bool:
 
 def _signature(site: Site, dotted: str) -> tuple[object, inspect.Signature] | None:
     found = site.api_object(dotted)
-    if found is None:
+    if not callable(found):
         return None
     try:
-        return found, inspect.signature(found)  # type: ignore[arg-type]
-    except (TypeError, ValueError):  # not callable, or a builtin without a signature
+        return found, inspect.signature(found)
+    except (TypeError, ValueError):  # a builtin without a signature
         return None
 
 
@@ -86,27 +86,22 @@ def call_arguments(entry: Entry, signature: inspect.Signature, inputs: dict[str,
         return Argument(f"{name}={cited[name].default!r}", one_line(cited[name].source))
 
     arguments: list[Argument] = []
-    by_position = True  # until a parameter is skipped or given by keyword
+    by_position = True  # until a parameter is skipped or named: what follows must be named too
     for name, parameter in signature.parameters.items():
-        wanted = _required(parameter) or (name == "labels" and "labels" in inputs)
-        if not wanted or (name in cited and not _required(parameter)):
-            by_position = False
-            continue
-        if name in cited:
+        required = _required(parameter)
+        if required and name in cited:
             arguments.append(from_yaml(name))
             by_position = False
-            continue
-        by_position = by_position and parameter.kind is not inspect.Parameter.KEYWORD_ONLY
-        value = inputs.get(name, name)
-        arguments.append(Argument(value if by_position else f"{name}={value}"))
+        elif required or (name == "labels" and "labels" in inputs):
+            by_position = by_position and parameter.kind is not inspect.Parameter.KEYWORD_ONLY
+            value = inputs.get(name, name)
+            arguments.append(Argument(value if by_position else f"{name}={value}"))
+        else:
+            by_position = False
     for hyper in entry.hyperparameters:
         parameter = signature.parameters.get(hyper.name)
-        if (
-            hyper.name in cited
-            and parameter is not None
-            and not _required(parameter)
-            and parameter.kind in _NAMED
-        ):
+        optional = parameter is not None and not _required(parameter) and parameter.kind in _NAMED
+        if optional and hyper.name in cited:
             arguments.append(from_yaml(hyper.name))
     return arguments
 
@@ -158,7 +153,7 @@ def recipe_snippet(entry: Entry, site: Site) -> Snippet | None:
         return None
     module, _, name = dotted.rpartition(".")
     call = format_call("recipe", name, call_arguments(entry, found[1], {}))
-    return Snippet("recipe", dotted, render("snippets/recipe.py.j2", module=module, name=name, call=call))
+    return Snippet("recipe", dotted, _code("snippets/recipe.py.j2", module=module, name=name, call=call))
 
 
 def pipeline_snippet(entry: Entry, site: Site) -> Snippet | None:
@@ -166,7 +161,7 @@ def pipeline_snippet(entry: Entry, site: Site) -> Snippet | None:
     recipe = recipe_snippet(entry, site)
     if recipe is None:
         return None
-    return Snippet("pipeline", recipe.api, render("snippets/pipeline.py.j2", recipe=recipe.code))
+    return Snippet("pipeline", recipe.api, _code("snippets/pipeline.py.j2", recipe=recipe.code))
 
 
 def api_snippets(entry: Entry, site: Site) -> list[Snippet]:
@@ -190,14 +185,14 @@ def api_snippets(entry: Entry, site: Site) -> list[Snippet]:
             target = _snake(name) if inspect.isclass(api) else "loss" if tensor_loss else "result"
             call = format_call(target, name, call_arguments(entry, signature, {}))
             template, kind = "snippets/call.py.j2", "call"
-        code = render(template, module=module, name=name, call=call, backward=target == "loss")
+        code = _code(template, module=module, name=name, call=call, backward=target == "loss")
         snippets.append(Snippet(kind, dotted, code))
     return snippets
 
 
 def page_snippets(entry: Entry, site: Site) -> list[Snippet]:
     """Every Python block the entry's page shows (the black-box pipeline embeds its recipe)."""
-    if entry.status is not Status.implemented:
+    if entry.implementation is None:  # only implemented entries have one
         return []
     if is_text_pipeline(entry):
         return [s for s in (pipeline_snippet(entry, site),) if s is not None]
