@@ -1,7 +1,7 @@
 """mkdocs-gen-files entry point: render the taxonomy pages into the build (nothing lands in docs/).
 
-All the work is in :mod:`kdatlas.pages`, a plain Python step that also runs standalone
-(``kdatlas.pages.write_pages``). Data problems are logged as warnings, which fail a strict build.
+All the work is in :mod:`kdatlas.site`, a plain Python step that also runs standalone
+(``kdatlas.site.generate.write_pages``). Data problems are logged as warnings, which fail a strict build.
 """
 
 from __future__ import annotations
@@ -11,7 +11,8 @@ from pathlib import Path
 
 import mkdocs_gen_files
 
-from kdatlas.pages import REPO_BRANCH, REPO_URL, generate_pages
+from kdatlas.site.generate import generate_pages
+from kdatlas.site.links import REPO_BRANCH, REPO_URL
 
 log = logging.getLogger("mkdocs.plugins.kdatlas")
 config = mkdocs_gen_files.config

@@ -384,7 +384,7 @@ def stats(
     root: RootOption = None,
 ) -> None:
     """Counts per branch, status, year, venue and survey placement (the statistics page's numbers)."""
-    from kdatlas.stats import compute_stats
+    from kdatlas.site.stats import compute_stats
 
     numbers = compute_stats(_load(_root(root)).taxonomy)
     if as_json:

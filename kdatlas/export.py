@@ -54,7 +54,7 @@ def write_export(report: Report, out_dir: Path) -> list[Path]:
 
 
 def release_files(taxonomy: Taxonomy, bibliography: Bibliography) -> dict[str, str]:
-    """The release as ``{file name: text}`` (also published on the site by `kdatlas.pages`)."""
+    """The release as ``{file name: text}`` (also published on the site by `kdatlas.site`)."""
     document = merged_taxonomy(taxonomy)
     return {
         JSON_NAME: json.dumps(document, indent=2, ensure_ascii=False) + "\n",

@@ -13,7 +13,7 @@ import yaml
 
 import kdatlas
 from kdatlas.citation import CitationError, citation_bibtex, citation_text, load_citation
-from kdatlas.pages import render_kb_citation
+from kdatlas.site.indexes import render_kb_citation
 
 REPO = Path(__file__).resolve().parents[2]
 # The schema file of the Citation File Format 1.2.0 (CC-BY-4.0), as shipped by cffconvert.

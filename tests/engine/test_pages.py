@@ -3,6 +3,7 @@ a strict MkDocs build of the real repository (``slow``)."""
 
 from __future__ import annotations
 
+import inspect
 import os
 import re
 import subprocess
@@ -15,29 +16,18 @@ from typing import Any
 import bibtexparser
 import markdown
 import pytest
+from jinja2 import UndefinedError
 
 from kdatlas.bib import Bibliography
 from kdatlas.citation import load_citation
-from kdatlas.mdmath import MathError, latex_to_mathml
-from kdatlas.mindmap import render_mindmap
 from kdatlas.model import Branch, Entry, Vocabulary
-from kdatlas.pages import (
-    Site,
-    branch_page,
-    build_nav,
-    cell,
-    entry_page,
-    generate_pages,
-    page_url,
-    read_api_parameters,
-    relative_link,
-    render_branch,
-    render_entry,
-    render_home,
-    render_redirect,
-    render_relations,
-    write_pages,
-)
+from kdatlas.site.entry import render_entry, render_redirect, render_relations
+from kdatlas.site.generate import build_nav, generate_pages, write_pages
+from kdatlas.site.indexes import render_branch, render_home
+from kdatlas.site.links import Site, branch_page, cell, entry_page, mirror_test_path, page_url, relative_link
+from kdatlas.site.mdmath import MathError, latex_to_mathml
+from kdatlas.site.mindmap import render_mindmap
+from kdatlas.site.snippets import call_arguments
 from kdatlas.taxonomy import Taxonomy, load_taxonomy
 
 REPO = Path(__file__).resolve().parents[2]
@@ -98,7 +88,7 @@ def make_entry(**overrides: Any) -> Entry:
 
 @pytest.fixture
 def site(tmp_path: Path) -> Site:
-    """Two branches, an implemented and a planned entry, two references; API source in tmp_path."""
+    """Two branches, an implemented and a planned entry, two references; the repository is tmp_path."""
     taxonomy = Taxonomy(root=tmp_path)
     for branch in (
         Branch(id="white-box", name="White-box KD", description="Teacher internals.", order=1),
@@ -132,12 +122,6 @@ def site(tmp_path: Path) -> Site:
     taxonomy.vocabulary = Vocabulary(tags={"divergence": "A divergence.", "on-policy": "Student samples."})
     library = bibtexparser.parse_string(BIBTEX)
     bibliography = Bibliography(entries={e.key: e for e in library.entries})
-    losses = tmp_path / "reference_impls" / "losses.py"
-    losses.parent.mkdir(parents=True)
-    losses.write_text(
-        "def forward_kl(student_logits, teacher_logits, labels=None, *, temperature: float = 1.0):\n    ...\n",
-        encoding="utf-8",
-    )
     return Site(taxonomy, bibliography)
 
 
@@ -186,17 +170,21 @@ def test_entry_page_has_every_section(site: Site) -> None:
     assert "https://github.com/kdatlas/kdatlas/edit/main/taxonomy/white-box/logits/forward-kl.yaml" in page
 
 
-def test_black_box_entry_offers_the_pipeline_not_a_loss(site: Site) -> None:
+def test_black_box_entry_offers_the_pipeline_not_a_loss(
+    site: Site, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A stand-in recipe module, so the test does not depend on where the real pipelines live.
+    (tmp_path / "kd_fake_alpaca.py").write_text(
+        "def alpaca_recipe(num_instructions: int = 600) -> None: ...\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
     entry = make_entry(
         id="alpaca",
         kind="method",
         name="Alpaca",
         teacher_access="text",
         hyperparameters=[],
-        implementation={
-            "module": "reference_impls.black_box.instruction_following.alpaca",
-            "api": ["reference_impls.black_box.instruction_following.alpaca.alpaca_recipe"],
-        },
+        implementation={"module": "kd_fake_alpaca", "api": ["kd_fake_alpaca.alpaca_recipe"]},
     )
     site.taxonomy.files[entry.id] = site.root / "taxonomy" / entry.branch / "alpaca.yaml"
     page = render_entry(entry, site)
@@ -251,28 +239,49 @@ def test_nav_follows_the_tree(site: Site) -> None:
     ]
 
 
-def test_api_parameters_are_read_without_importing(site: Site) -> None:
-    assert read_api_parameters(site.root, "reference_impls.losses.forward_kl") == [
-        ("student_logits", None),
-        ("teacher_logits", None),
-        ("labels", "None"),
-        ("temperature", "1.0"),
-    ]
-    assert read_api_parameters(site.root, "reference_impls.losses.missing") is None
-    assert read_api_parameters(site.root, "reference_impls.nowhere.f") is None
+def test_snippet_arguments_come_from_the_signature_and_the_yaml(site: Site) -> None:
+    entry = site.taxonomy.entries["forward-kl"]
+    found = site.api_object("reference_impls.losses.forward_kl")
+    assert callable(found)
+    inputs = {"student_logits": "s", "teacher_logits": "t", "labels": "y"}
+    arguments = call_arguments(entry, inspect.signature(found), inputs)
+    assert [a.text for a in arguments] == ["s", "t", "y", "temperature=1.0"]
+    assert arguments[-1].comment == "Hinton §2"  # each keyword names where its default comes from
+
+    def keyword_only(teacher: object, *, layers: int, temperature: float = 2.0) -> None: ...
+
+    texts = [a.text for a in call_arguments(entry, inspect.signature(keyword_only), {})]
+    assert texts == ["teacher", "layers=layers", "temperature=1.0"]
+    assert site.api_object("reference_impls.nowhere.f") is None
+    assert "reference_impls.nowhere.f" in site.api_errors
+
+
+def test_entry_links_its_test_file_once_it_mirrors_the_source(site: Site) -> None:
+    assert mirror_test_path("reference_impls.white_box.logits.gkd") == "tests/white_box/logits/test_gkd.py"
+    entry = site.taxonomy.entries["forward-kl"]
+    assert entry.implementation is not None
+    expected = mirror_test_path(entry.implementation.module)
+    assert expected == "tests/white_box/logits/test_word_level.py"
+    test_file = site.root / expected
+    if test_file.exists():
+        test_file.unlink()
+    assert "**Tests**" not in render_entry(entry, site)
+    test_file.parent.mkdir(parents=True, exist_ok=True)
+    test_file.write_text("", encoding="utf-8")
+    page = render_entry(entry, site)
+    assert f"| **Tests** | [`{expected}`](https://github.com/kdatlas/kdatlas/blob/main/{expected}) |" in page
 
 
 def test_home_template_markers_are_filled(site: Site) -> None:
     citation = load_citation(REPO)
-    home = render_home(
-        "# Home\n\n<!-- kdatlas:mindmap -->\n\n<!-- kdatlas:stats -->\n\n<!-- kdatlas:cite-kb -->\n",
-        site,
-        citation,
-    )
+    home = render_home(site, citation, "# Home\n\n{{ mindmap }}\n\n{{ coverage }}\n\n{{ cite_kb }}\n")
     assert "<!-- kdatlas:" not in home
     assert "@software{kdatlas_0_1_0," in home
     assert 'href="entries/forward-kl/"' in home and 'href="taxonomy/white-box/logits/"' in home
     assert "| **All** | **2** | **1** | **1** |" in home
+    assert "<!-- kdatlas:" not in render_home(site, citation)  # the real template
+    with pytest.raises(UndefinedError):  # a variable the template names but nobody fills fails
+        render_home(site, citation, "{{ mind_map }}")
 
 
 # --- mind map --------------------------------------------------------------------------------------
@@ -315,7 +324,7 @@ def test_mindmap_stays_compact_with_a_hundred_entries(site: Site) -> None:
 
 
 def _md(text: str) -> str:
-    return markdown.markdown(text, extensions=["kdatlas.mdmath", "pymdownx.superfences"])
+    return markdown.markdown(text, extensions=["kdatlas.site.mdmath", "pymdownx.superfences"])
 
 
 def test_math_inline_and_display_become_mathml() -> None:
@@ -360,7 +369,7 @@ def test_edit_paths_point_at_the_yaml() -> None:
     generate_pages(REPO, lambda path, text: None, edits.__setitem__)
     assert edits["entries/forward-kl.md"] == "../taxonomy/white-box/logits/forward-kl.yaml"
     assert edits["taxonomy/white-box/index.md"] == "../taxonomy/white-box/_branch.yaml"
-    assert edits["index.md"] == "_templates/home.md"
+    assert edits["index.md"] == "../kdatlas/site/templates/home.md.j2"
 
 
 @pytest.mark.slow
@@ -399,3 +408,28 @@ def test_renamed_entry_leaves_a_redirect(site: Site) -> None:
     stub = render_redirect("word-kl", site.taxonomy.entries["forward-kl"])
     assert '<meta http-equiv="refresh" content="0; url=../forward-kl/">' in stub
     assert "[Forward KL](forward-kl.md)" in stub and "exclude: true" in stub
+
+
+def test_included_benchmark_files_exist() -> None:
+    """Hand-written pages include measured tables with pymdownx.snippets, paths from the repo root."""
+    included = []
+    for page in (REPO / "docs").glob("*.md"):
+        text = page.read_text(encoding="utf-8")
+        assert "kdatlas:include" not in text, page  # the former home-made include marker
+        included += re.findall(r'^--8<-- "([^"]+)"$', text, re.M)
+    assert included, "no page includes a benchmark table"
+    for path in included:
+        assert path.startswith("benchmarks/") and (REPO / path).is_file(), path
+    config = (REPO / "mkdocs.yml").read_text(encoding="utf-8")
+    assert "base_path: [!relative $config_dir]" in config and "check_paths: true" in config
+
+
+def test_templates_ship_as_package_data() -> None:
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    settings = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))
+    patterns = settings["tool"]["setuptools"]["package-data"]["kdatlas.site"]
+    package = REPO / "kdatlas" / "site"
+    templates = sorted(p.relative_to(package) for p in (package / "templates").rglob("*.j2"))
+    assert templates
+    for template in templates:
+        assert any(template.match(pattern) for pattern in patterns), template

@@ -15,8 +15,9 @@ from typer.testing import CliRunner
 
 from kdatlas.cli import app
 from kdatlas.model import Kind
-from kdatlas.pages import entry_page, write_pages
 from kdatlas.scaffold import ScaffoldError, module_name, new_entry
+from kdatlas.site.generate import write_pages
+from kdatlas.site.links import entry_page
 from kdatlas.validate import validate_repository
 
 REPO = Path(__file__).resolve().parents[2]
@@ -180,7 +181,7 @@ def test_new_method_end_to_end(repo_copy: Path) -> None:
         [
             sys.executable,
             "-c",
-            f"from pathlib import Path; from kdatlas.pages import write_pages; "
+            f"from pathlib import Path; from kdatlas.site.generate import write_pages; "
             f"g = write_pages(Path({str(repo_copy)!r}), Path({str(repo_copy / 'site-md')!r})); "
             "print(len(g.problems))",
         ],

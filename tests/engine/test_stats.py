@@ -9,9 +9,9 @@ from pathlib import Path
 
 from typer.testing import CliRunner
 
-from kdatlas.catalogue import render_catalogue_page, render_statistics_page
 from kdatlas.cli import app
-from kdatlas.stats import compute_stats, venue_series
+from kdatlas.site.catalogue import render_catalogue_page, render_statistics_page
+from kdatlas.site.stats import compute_stats, venue_series
 from kdatlas.taxonomy import load_taxonomy
 
 REPO = Path(__file__).resolve().parents[2]

@@ -3,24 +3,24 @@
 * ``tags_allowed`` of Material's tags plugin comes from ``taxonomy/vocabulary.yaml``, so a tag
   outside the controlled vocabulary fails the strict build;
 * the ``Taxonomy`` item of the nav (``- Taxonomy: taxonomy/index.md``) is expanded into the
-  generated tree of branch sections and entry pages (see `kdatlas.pages.build_nav`);
-* redirect stubs left by renamed entries are kept out of the nav without a warning;
-* ``<!-- kdatlas:include benchmarks/... -->`` in a hand-written page is replaced by that file, so
-  measured numbers reach the docs only from the files the benchmark commands wrote.
+  generated tree of branch sections and entry pages (see `kdatlas.site.generate.build_nav`);
+* redirect stubs left by renamed entries are kept out of the nav without a warning.
+
+Benchmark tables reach the hand-written pages through ``pymdownx.snippets``
+(``--8<-- "benchmarks/..."``, configured in mkdocs.yml), not through a hook.
 """
 
 from __future__ import annotations
 
 import logging
-import re
 from pathlib import Path
 
 from mkdocs.config.defaults import MkDocsConfig
 from mkdocs.plugins import event_priority
 from mkdocs.structure.files import Files, InclusionLevel
-from mkdocs.structure.pages import Page
 
-from kdatlas.pages import TAXONOMY_PAGE, build_nav, entry_page
+from kdatlas.site.generate import build_nav
+from kdatlas.site.links import TAXONOMY_PAGE, entry_page
 from kdatlas.taxonomy import load_taxonomy
 
 log = logging.getLogger("mkdocs.plugins.kdatlas")
@@ -68,20 +68,3 @@ def on_files(files: Files, config: MkDocsConfig) -> Files:
             if file is not None:
                 file.inclusion = InclusionLevel.NOT_IN_NAV
     return files
-
-
-INCLUDE = re.compile(r"<!-- kdatlas:include (benchmarks/[\w./-]+\.md) -->")
-
-
-def on_page_markdown(markdown: str, page: Page, config: MkDocsConfig, files: Files) -> str:
-    """Insert the benchmark result tables named by include markers (a missing file fails the build)."""
-    root = Path(config.config_file_path).parent
-
-    def include(match: re.Match[str]) -> str:
-        path = root / match.group(1)
-        if not path.is_file():
-            log.warning(f"{page.file.src_uri}: included file {match.group(1)} does not exist")
-            return ""
-        return path.read_text(encoding="utf-8")
-
-    return INCLUDE.sub(include, markdown)

@@ -1,7 +1,7 @@
 """Server-side math for Python-Markdown: ``$...$`` and ``$$...$$`` become MathML (latex2mathml).
 
 The site must work offline, so no MathJax/KaTeX from a CDN: Chromium, Firefox and Safari render
-MathML Core natively. Register the extension as ``kdatlas.mdmath`` in ``markdown_extensions``.
+MathML Core natively. Register the extension as ``kdatlas.site.mdmath`` in ``markdown_extensions``.
 
 Rules (close to pandoc's ``tex_math_dollars``):
 
@@ -136,5 +136,5 @@ class MathExtension(Extension):
 
 
 def makeExtension(**kwargs: Any) -> MathExtension:
-    """Entry point used by ``markdown_extensions: [kdatlas.mdmath]``."""
+    """Entry point used by ``markdown_extensions: [kdatlas.site.mdmath]``."""
     return MathExtension(**kwargs)
