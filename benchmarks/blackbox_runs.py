@@ -91,9 +91,10 @@ def main() -> None:
     import torch
 
     from kdatlas.runner import build_recipe
-    from reference_impls.black_box.pipeline import PipelineConfig, PipelineRecipe
+    from reference_impls.black_box.pipeline import TextPipeline
     from reference_impls.registry import registered_methods
-    from reference_impls.run.black_box import run_pipeline
+    from reference_impls.run import RunConfig, run_recipe
+    from reference_impls.run.instructions import DEFAULT_STEPS
     from reference_impls.teachers.instruct import instruct_teacher_dir, load_or_train_instruct_teacher
 
     built = instruct_teacher_dir()
@@ -114,14 +115,14 @@ def main() -> None:
     print(f"instruction teacher build: {build}; accuracy per meta-task: {card['meta_task_accuracy']}")
 
     pipelines = sorted(
-        m for m, r in registered_methods().items() if isinstance(build_recipe(m, {}), PipelineRecipe)
+        m for m, r in registered_methods().items() if isinstance(build_recipe(m, {}).data, TextPipeline)
     )
     methods = args.methods.split(",") if args.methods else pipelines
 
     def run(method_id: str, overrides: dict[str, str] | None = None, **config: int) -> Any:
-        """``kdatlas run method_id`` on the CPU: ``--set`` overrides, ``config`` PipelineConfig fields."""
+        """``kdatlas run method_id`` on the CPU: ``--set`` overrides, ``config`` RunConfig fields."""
         recipe = build_recipe(method_id, overrides or {})
-        return run_pipeline(recipe, PipelineConfig(device="cpu", progress=False, **config))
+        return run_recipe(recipe, RunConfig(device="cpu", progress=False, **config))
 
     rows = []
     for method_id in methods:
@@ -245,7 +246,7 @@ def main() -> None:
             lines += [
                 "",
                 f"The same defaults at {args.budget_steps} optimizer steps instead of the default "
-                f"{PipelineConfig().steps} (`kdatlas run ID --steps {args.budget_steps}`; baseline and distilled "
+                f"{DEFAULT_STEPS} (`kdatlas run ID --steps {args.budget_steps}`; baseline and distilled "
                 "alike), distilled student's exact match:",
                 "",
                 "| method | steps | seed-only baseline | distilled | "

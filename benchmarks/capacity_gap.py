@@ -12,7 +12,7 @@ one fixed teacher: for each fraction of the teacher's parameter count it
 2. builds the student by structured pruning of the cached embedded teacher
    (`reference_impls.white_box.pruning.prune_llama`, the paper's gradient importance by default),
    and, as the control, a fresh random initialisation of the same shape (``--inits``);
-3. runs the harness (`reference_impls.run.white_box.run_recipe`) with the `minima` recipe
+3. runs the harness (`reference_impls.run.run_recipe`) with the `minima` recipe
    (forward-KL logit distillation), which also trains the cross-entropy baseline from the same
    initialisation;
 4. records token KL to the teacher and exact match of baseline and distilled students.
@@ -35,7 +35,7 @@ from transformers import LlamaConfig, PreTrainedModel
 
 from reference_impls.core.models import build_decoder, count_parameters
 from reference_impls.registry import get_method
-from reference_impls.run.white_box import RunConfig, run_recipe
+from reference_impls.run import RunConfig, run_recipe
 from reference_impls.teachers.embedded import load_or_train_teacher
 from reference_impls.white_box.pruning import IMPORTANCE_SCORES, prune_llama, student_shape
 

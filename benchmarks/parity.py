@@ -53,7 +53,7 @@ def run_all(only: list[str] | None) -> dict[str, Any]:
 
     from kdatlas.runner import run_method
     from reference_impls.registry import registered_methods
-    from reference_impls.run.white_box import RunConfig
+    from reference_impls.run import RunConfig
     from reference_impls.teachers.embedded import QUICK_RECIPE
     from tests.support.fakes import OracleTeacher
 

@@ -52,7 +52,7 @@ def main() -> None:
     os.environ["KDATLAS_CACHE"] = tempfile.mkdtemp(prefix="kdatlas-bench-")
     from kdatlas.runner import build_recipe, verdict
     from reference_impls.registry import registered_methods
-    from reference_impls.run.white_box import RunConfig, run_recipe
+    from reference_impls.run import RunConfig, run_recipe
     from reference_impls.teachers.embedded import load_or_train_teacher
 
     # Black-box pipelines have their own benchmark (benchmarks/blackbox_runs.py).

@@ -312,32 +312,25 @@ def run(
 ) -> None:
     """Distil a student with a method and compare it with the baseline student and the teacher."""
     from kdatlas.runner import RunError, run_method
-    from reference_impls.run.white_box import RunConfig
+    from reference_impls.core.recipe import RunConfig
 
+    endpoint = {"teacher_model": teacher_model, "api_key_env": api_key_env}
     config = RunConfig(
         device=device.value,
         steps=steps,
         sft_steps=sft_steps,
         seed=seed,
         teacher=teacher,
+        teacher_url=teacher_url,
         student=student,
         data=data,
         trust_remote_code=trust_remote_code,
         teacher_topk=teacher_topk,
         progress=progress,
+        **{name: value for name, value in endpoint.items() if value is not None},
     )
     try:
-        run_method(
-            method_id,
-            config,
-            out=out,
-            overrides=_parse_overrides(set_ or []),
-            source=source,
-            console=console,
-            teacher_url=teacher_url,
-            teacher_model=teacher_model,
-            api_key_env=api_key_env,
-        )
+        run_method(method_id, config, out=out, overrides=_parse_overrides(set_ or []), source=source, console=console)
     except RunError as error:
         raise _fail(str(error)) from None
 

@@ -1,6 +1,6 @@
 """``kdatlas run ID``: build a method's recipe, run it, and write the run directory.
 
-The training itself is `reference_impls.run.white_box.run_recipe`; this module turns command
+The training itself is `reference_impls.run.run_recipe`; this module turns command
 line values into a recipe and a run config, prints the comparison table, and writes
 
 - ``config.json``: the fully resolved configuration (method, hyper-parameters, models, budget);
@@ -65,37 +65,41 @@ def build_recipe(method_id: str, overrides: dict[str, str]) -> Any:
     values = {name: _coerce(name, raw, defaults[name]) for name, raw in overrides.items()}
     try:
         recipe = registration.build(**values)
-        if hasattr(recipe, "objective"):  # black-box pipelines have no objective to probe
-            _probe(recipe)
+        _probe(recipe)
     except ValueError as error:
         raise RunError(f"{method_id}: {error}") from None
     return recipe
 
 
 def with_source(recipe: Any, spec: str) -> Any:
-    """``recipe`` with its data source replaced by the one ``spec`` names (see `parse_source`)."""
+    """``recipe`` with its data replaced by the source ``spec`` names (see `parse_source`)."""
     from dataclasses import replace
 
-    from reference_impls.core.data_sources import parse_source
+    from reference_impls.core.data_sources import DataSource, parse_source
+    from reference_impls.core.training import StepLoss
 
-    if recipe.step_loss is not None:
+    if not isinstance(recipe.data, DataSource) or isinstance(recipe.loss, StepLoss):
         raise RunError(
-            f"'{recipe.method_id}' defines its own sampling and training step; --source applies to "
+            f"'{recipe.method_id}' defines its own sampling and training step or data pipeline; --source applies to "
             "token-level objectives (e.g. forward-kl, reverse-kl, generalized-jsd, skew-forward-kl)"
         )
     try:
-        return replace(recipe, data_source=parse_source(spec))
+        return replace(recipe, data=parse_source(spec))
     except ValueError as error:
         raise RunError(str(error)) from None
 
 
 def _probe(recipe: Any) -> None:
-    """Call the objective once on a tiny batch, so out-of-range hyper-parameters fail now, not
-    after minutes of teacher training."""
+    """Call a logits objective once on a tiny batch, so out-of-range hyper-parameters fail now, not
+    after minutes of teacher training (step losses and pipelines check theirs when built)."""
     import torch
 
+    from reference_impls.core.training import StepLoss
+
+    if isinstance(recipe.loss, StepLoss):
+        return
     logits = torch.zeros(1, 2, 4)
-    recipe.objective(logits, logits.clone(), torch.zeros(1, 2, dtype=torch.long))
+    recipe.loss(logits, logits.clone(), torch.zeros(1, 2, dtype=torch.long))
 
 
 def default_run_dir(method_id: str) -> Path:
@@ -207,68 +211,21 @@ def plot_curves(curves: dict[str, list[float]], path: Path, title: str) -> None:
 
 
 def write_run_dir(out: Path, result: Any) -> None:
-    """Write config.json, metrics.json, curves.json and curves.png into ``out``."""
+    """Write config.json, metrics.json, curves.json, seconds.json and curves.png into ``out``."""
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(
         json.dumps(result.config, indent=2, default=str) + "\n", encoding="utf-8"
     )
     (out / "metrics.json").write_text(json.dumps(result.metrics, indent=2) + "\n", encoding="utf-8")
     (out / "curves.json").write_text(json.dumps(result.curves) + "\n", encoding="utf-8")
+    (out / "seconds.json").write_text(json.dumps(result.seconds, indent=2) + "\n", encoding="utf-8")
     plot_curves(result.curves, out / "curves.png", f"{result.config.get('method_id', '')} — training loss")
 
 
-_TEACHER_ENDPOINT_OPTIONS = ("teacher_url", "teacher_model", "api_key_env")
-
-
-def _run_pipeline_method(
-    recipe: Any, config: Any, out: Path | None, source: str | None, console: Console, **options: Any
-) -> Any:
-    """Run a black-box pipeline recipe (`reference_impls.black_box.pipeline`) and write its run
-    directory, with the distilled data as ``data.jsonl``."""
-    from reference_impls.black_box.pipeline import DEFAULT_STEPS, PipelineConfig
-    from reference_impls.run.black_box import run_pipeline, write_data
-
-    not_applicable = {
-        "--source": source,
-        "--data": config.data,
-        "--sft-steps": config.sft_steps,
-        "--teacher-topk": config.teacher_topk,
-    }
-    given = [flag for flag, value in not_applicable.items() if value is not None]
-    if given:
-        raise RunError(
-            f"{', '.join(given)} do not apply to '{recipe.method_id}': a black-box pipeline generates its "
-            "own data from the teacher's text (use --teacher, --teacher-url, --steps, --seed, --set)"
-        )
-    endpoint = {name: options.pop(name, None) for name in _TEACHER_ENDPOINT_OPTIONS}
-    endpoint = {name: value for name, value in endpoint.items() if value is not None}
-    pipeline_config = PipelineConfig(
-        device=config.device,
-        steps=config.steps if config.steps is not None else DEFAULT_STEPS,
-        seed=config.seed,
-        teacher=config.teacher,
-        student=config.student,
-        progress=config.progress,
-        **endpoint,
-    )
-    import transformers
-
-    transformers.logging.disable_progress_bar()
-    try:
-        result = run_pipeline(recipe, pipeline_config, **options)
-    except (FileNotFoundError, OSError, ValueError) as error:
-        raise RunError(str(error)) from None
-    out = out or default_run_dir(recipe.method_id)
-    write_run_dir(out, result)
-    write_data(out / "data.jsonl", result.data)
-    (out / "seconds.json").write_text(json.dumps(result.seconds, indent=2) + "\n", encoding="utf-8")
-    console.print(pipeline_counts(recipe.method_id, result.config["pipeline"]))
-    console.print(comparison_table(recipe.method_id, result.metrics))
-    console.print(pipeline_verdict(result.metrics))
-    console.print(
-        f"[dim]run directory: {out} (config.json, metrics.json, curves.png, data.jsonl, seconds.json)[/]"
-    )
-    return result
+def write_data(path: Path, examples: Any) -> None:
+    """A pipeline's distilled training data as JSONL: ``{"segments": [[text, supervised], ...]}``."""
+    lines = [json.dumps({"segments": [list(s) for s in e.segments]}) for e in examples]
+    path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
 
 
 def run_method(
@@ -279,47 +236,42 @@ def run_method(
     overrides: dict[str, str] | None = None,
     source: str | None = None,
     console: Console | None = None,
-    **harness_options: Any,
+    **run_options: Any,
 ) -> Any:
-    """Run ``method_id`` end to end and write its run directory; returns the harness's RunResult.
+    """Run ``method_id`` end to end and write its run directory; returns the `RunResult`.
 
-    ``config`` is a `reference_impls.run.white_box.RunConfig` (default: the embedded setting);
-    ``harness_options`` go to `reference_impls.run.white_box.run_recipe` unchanged (tests pass a
-    few-step ``teacher_recipe``). ``source`` replaces the recipe's data source (the second axis),
-    e.g. ``"mixed:0.5"``: any token-level objective runs on any source.
+    ``config`` is a `reference_impls.core.recipe.RunConfig` (default: the embedded setting);
+    ``run_options`` go to `reference_impls.run.run_recipe` unchanged (tests pass a few-step
+    ``teacher_recipe`` or a ready ``teacher``). ``source`` replaces the recipe's data source (the
+    second axis), e.g. ``"mixed:0.5"``: any token-level objective runs on any source.
     """
-    from reference_impls.black_box.pipeline import PipelineRecipe
-    from reference_impls.run.white_box import RunConfig, run_recipe
+    import transformers
+
+    from reference_impls.core.recipe import RunConfig
+    from reference_impls.run import run_recipe
 
     console = console or Console()
     recipe = build_recipe(method_id, overrides or {})
-    if isinstance(recipe, PipelineRecipe):
-        return _run_pipeline_method(recipe, config or RunConfig(), out, source, console, **harness_options)
-    if any(harness_options.get(name) for name in _TEACHER_ENDPOINT_OPTIONS):
-        raise RunError(
-            f"'{method_id}' trains on the teacher's logits: --teacher-url works with black-box "
-            "methods only (e.g. alpaca, self-instruct); use --teacher PATH for a local model"
-        )
-    for name in _TEACHER_ENDPOINT_OPTIONS:
-        harness_options.pop(name, None)
     if source is not None:
         recipe = with_source(recipe, source)
     # Our own progress bars tell the story; transformers' per-load bars would interleave with them.
-    import transformers
-
     transformers.logging.disable_progress_bar()
-    config = config or RunConfig()
     try:
-        result = run_recipe(recipe, config, **harness_options)
+        result = run_recipe(recipe, config or RunConfig(), **run_options)
     except (FileNotFoundError, OSError, ValueError) as error:
         raise RunError(str(error)) from None
     if not result.metrics:  # a non-main process of a distributed launch
         return result
     out = out or default_run_dir(method_id)
     write_run_dir(out, result)
+    files = ["config.json", "metrics.json", "curves.png", "seconds.json"]
+    if "pipeline" in result.config:  # a black-box pipeline: what it asked and kept, and its data
+        write_data(out / "data.jsonl", result.data)
+        files.append("data.jsonl")
+        console.print(pipeline_counts(method_id, result.config["pipeline"]))
     console.print(comparison_table(method_id, result.metrics))
-    sentence = verdict(result.metrics)
+    sentence = pipeline_verdict(result.metrics) if "pipeline" in result.config else verdict(result.metrics)
     if sentence:
         console.print(sentence)
-    console.print(f"[dim]run directory: {out} (config.json, metrics.json, curves.png)[/]")
+    console.print(f"[dim]run directory: {out} ({', '.join(files)})[/]")
     return result

@@ -13,6 +13,7 @@ with ``_``, and a module directly in ``white_box/`` or ``black_box/``, is shared
 from __future__ import annotations
 
 import dataclasses
+import functools
 import importlib
 import inspect
 import pkgutil
@@ -36,18 +37,8 @@ class MethodRegistration:
     build_recipe: Callable[..., Any]
 
     def build(self, **overrides: Any) -> Any:
-        """The recipe with ``overrides`` applied, its resolved hyper-parameters stamped on it.
-
-        The builder's signature is the one place a hyper-parameter and its default are written in
-        code; the values recorded with a run come from binding it, never from a second list.
-
-        Raises:
-            TypeError: An override the builder does not take.
-        """
-        bound = inspect.signature(self.build_recipe).bind(**overrides)
-        bound.apply_defaults()
-        recipe = self.build_recipe(**bound.arguments)
-        return dataclasses.replace(recipe, hyperparameters=dict(bound.arguments))
+        """The recipe with ``overrides`` applied (its resolved hyper-parameters stamped on it)."""
+        return self.build_recipe(**overrides)
 
     def defaults(self) -> dict[str, Any]:
         """The builder's keyword defaults: the hyper-parameters a user may override."""
@@ -60,16 +51,30 @@ class MethodRegistration:
 
 
 def register(method_id: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """Decorator: register ``build_recipe`` under ``method_id`` (a taxonomy entry id)."""
+    """Decorator: register ``build_recipe`` under ``method_id`` (a taxonomy entry id).
+
+    The builder's signature is the one place a hyper-parameter and its default are written in
+    code: every call (through ``kdatlas run`` or directly) binds it and stamps the resolved values
+    on the recipe as ``hyperparameters``, so no builder lists them a second time.
+    """
 
     def decorate(build_recipe: Callable[..., Any]) -> Callable[..., Any]:
+        signature = inspect.signature(build_recipe)
+
+        @functools.wraps(build_recipe)
+        def build_and_record(*args: Any, **kwargs: Any) -> Any:
+            bound = signature.bind(*args, **kwargs)
+            bound.apply_defaults()
+            recipe = build_recipe(*bound.args, **bound.kwargs)
+            return dataclasses.replace(recipe, hyperparameters=dict(bound.arguments))
+
         existing = _REGISTRY.get(method_id)
         if existing is not None and existing.module != build_recipe.__module__:
             raise ValueError(
                 f"method id '{method_id}' is registered twice ({existing.module} and {build_recipe.__module__})"
             )
-        _REGISTRY[method_id] = MethodRegistration(method_id, build_recipe.__module__, build_recipe)
-        return build_recipe
+        _REGISTRY[method_id] = MethodRegistration(method_id, build_recipe.__module__, build_and_record)
+        return build_and_record
 
     return decorate
 

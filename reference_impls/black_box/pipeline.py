@@ -1,9 +1,8 @@
 """What a black-box method is made of: a data pipeline over the teacher's text, and its evaluation.
 
-A method module returns a `PipelineRecipe`: its *data pipeline* (``build_data``: how it asks the
-teacher for text and filters what comes back) and which evaluation it is scored on
-(``EVALUATIONS``). `reference_impls.run.black_box.run_pipeline` runs it the same way for every
-method, so their numbers are comparable.
+A black-box method's recipe has a `TextPipeline` as its data part: its *data pipeline* (how it
+asks the teacher for text and filters what comes back), and one of the ``EVALUATIONS`` below.
+`reference_impls.run.run_recipe` runs it like every other recipe, so the numbers are comparable.
 
 The pipeline gets a `PipelineContext`: ``ask`` (cached teacher calls), the seed tasks, a student
 factory, fine-tuning and greedy student answers (for methods that put the student in the loop:
@@ -14,7 +13,7 @@ filter counts, which are reported with the metrics.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,20 +23,19 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from reference_impls.core.generation import generate_responses
 from reference_impls.core.metrics import exact_match, mean_rouge_l
+from reference_impls.core.recipe import RunConfig, TeacherAccess
 from reference_impls.core.sft import TrainingExample, fine_tune
 from reference_impls.core.tokenizer import encode_pair
+from reference_impls.core.training import Loss, cross_entropy_objective
 from reference_impls.tasks import instructions as suite
 from reference_impls.tasks.strings import Example, extract_answer
 from reference_impls.teachers.access import cached_generate
 from reference_impls.teachers.messages import ChatMessage, Completion, GenerationRequest
 from reference_impls.teachers.text import TextTeacher
 
-DEFAULT_STEPS = 600
-DEFAULT_SEED_TASKS = 24
 # Seed data in another format than the instruction seed tasks is drawn from its own stream.
 SEED_DATA_OFFSET = 1000
 NLL_BATCH_SIZE = 64
-DEFAULT_EVAL_SIZE = 240
 MAX_NEW_TOKENS = 40  # long enough for an explained depth-3 answer or an annotation
 
 
@@ -51,70 +49,37 @@ class DistilledData:
 
 
 @dataclass(frozen=True)
-class PipelineRecipe:
-    """A black-box method: its data pipeline and the evaluation it is scored on.
+class TextPipeline:
+    """The ``data`` part of every black-box recipe: the paper's data pipeline over teacher text.
 
-    Attributes:
-        method_id: Taxonomy id.
-        build_data: ``(context) -> DistilledData``: the paper's data pipeline.
-        evaluation: A key of ``EVALUATIONS``.
-        hyperparameters: Resolved hyper-parameters, recorded in the run config.
+    ``build(context) -> DistilledData`` asks the teacher through ``context.ask`` only (text in,
+    text out, cached), filters what comes back and returns the training examples; the run trains
+    the distilled student on them with the recipe's loss (cross-entropy on their supervised
+    segments), unless the pipeline trained a student itself.
     """
 
-    method_id: str
-    build_data: Callable[[PipelineContext], DistilledData]
-    evaluation: str = "instructions"
-    hyperparameters: Mapping[str, Any] = field(default_factory=dict)
+    build: Callable[[PipelineContext], DistilledData]
+    teacher_access: TeacherAccess = "text"
 
-
-@dataclass
-class PipelineConfig:
-    """How to run a pipeline; every default runs the embedded setting on CPU.
-
-    Attributes:
-        device: ``"cpu"``, ``"cuda"`` or ``"auto"``.
-        steps: Optimizer steps of the baseline and the distilled student.
-        seed: Student initialisation, data order and the teacher's sampling seeds.
-        teacher: Local model folder (``from_pretrained``); ``None`` → the embedded instruction teacher.
-        teacher_url: Base URL of an OpenAI-compatible endpoint (e.g. ``http://127.0.0.1:8765/v1``);
-            takes precedence over ``teacher``.
-        teacher_model: Model name sent to ``teacher_url``.
-        api_key_env: Environment variable with the endpoint's key (read at call time, never stored).
-        student: Local model folder for the student; ``None`` → the embedded student.
-        seed_tasks: Number of human-written seed tasks (and of the baseline's seed examples when it is
-            evaluated on another format: conversations, typed queries).
-        eval_size: Held-out examples scored.
-        batch_size: Sequences per optimizer step.
-        learning_rate: Peak AdamW learning rate.
-        cache: The response cache file; ``None`` → ``<cache root>/blackbox/responses.jsonl``.
-        progress: Show progress bars.
-    """
-
-    device: str = "auto"
-    steps: int = DEFAULT_STEPS
-    seed: int = 0
-    teacher: str | None = None
-    teacher_url: str | None = None
-    teacher_model: str = "kdatlas-embedded-teacher"
-    api_key_env: str | None = "OPENAI_API_KEY"
-    student: str | None = None
-    seed_tasks: int = DEFAULT_SEED_TASKS
-    eval_size: int = DEFAULT_EVAL_SIZE
-    batch_size: int = 32
-    learning_rate: float = 3e-3
-    cache: str | None = None
-    progress: bool = True
+    def describe(self) -> dict[str, str]:
+        """The pipeline function's name (its counts are recorded separately)."""
+        return {"name": "text-pipeline", "function": getattr(self.build, "__qualname__", "build")}
 
 
 @dataclass
 class PipelineContext:
-    """What a pipeline may use. The teacher is reachable only through `ask` (text in, text out)."""
+    """What a pipeline may use. The teacher is reachable only through `ask` (text in, text out).
+
+    ``steps`` is the run's training budget (baseline and distilled student), for pipelines that
+    train a student themselves (Lion, Personalized Distillation).
+    """
 
     teacher: TextTeacher
     cache_path: Path
     seeds: list[Example]
     tokenizer: PreTrainedTokenizerBase  # the student's
-    config: PipelineConfig
+    config: RunConfig
+    steps: int
     device: torch.device
     new_student: Callable[[], PreTrainedModel]
     stats: dict[str, Any] = field(default_factory=dict)
@@ -161,13 +126,20 @@ class PipelineContext:
         return completions
 
     def fine_tune(
-        self, model: PreTrainedModel, examples: Sequence[TrainingExample], steps: int, description: str
+        self,
+        model: PreTrainedModel,
+        examples: Sequence[TrainingExample],
+        steps: int,
+        description: str,
+        loss: Loss = cross_entropy_objective,
     ) -> list[float]:
-        """Train ``model`` in place on ``examples`` (cross-entropy on their supervised segments)."""
+        """Train ``model`` in place on ``examples`` (cross-entropy on their supervised segments, or
+        the recipe's ``loss``)."""
         return fine_tune(
             model,
             self.tokenizer,
             examples,
+            loss=loss,
             steps=steps,
             batch_size=self.config.batch_size,
             learning_rate=self.config.learning_rate,

@@ -26,7 +26,7 @@ import random
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import ClassVar, Protocol
 
 from torch import Tensor
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -55,6 +55,8 @@ class DataSource(ABC):
 
     #: Short identifier recorded in the run config.
     name: str = "abstract"
+    #: Every source here may run the teacher model (its generations or logits): white-box access.
+    teacher_access: ClassVar[str] = "model"
 
     @abstractmethod
     def responses(self, examples: Sequence[Example], context: SourceContext) -> list[str]:

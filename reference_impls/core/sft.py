@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from reference_impls.core.tokenizer import pad_id
-from reference_impls.core.training import collate, cross_entropy_objective, train_student
+from reference_impls.core.training import Loss, collate, cross_entropy_objective, train_student
 from reference_impls.tasks.instructions import TURN_SEPARATOR
 
 # Examples per window that is sorted by length before it is cut into batches.
@@ -126,17 +126,19 @@ def fine_tune(
     learning_rate: float = 3e-3,
     seed: int = 0,
     accelerator: Accelerator | None = None,
+    loss: Loss = cross_entropy_objective,
     progress: bool = True,
     description: str = "Supervised fine-tuning",
 ) -> list[float]:
-    """Train ``model`` in place with token cross-entropy on ``examples``; returns the loss curve."""
+    """Train ``model`` in place on ``examples`` (by default token cross-entropy on their supervised
+    segments; a recipe may bring its own ``loss``); returns the loss curve."""
     loader = bucketed_loader(tokenizer, examples, batch_size=batch_size, seed=seed)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return train_student(
             model,
             loader,
-            cross_entropy_objective,
+            loss,
             steps,
             accelerator,
             learning_rate=learning_rate,

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import inspect
 import math
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
@@ -40,10 +41,34 @@ from reference_impls.losses import hard_label_ce
 Objective = Callable[[Tensor, Tensor | None, Tensor], Tensor]
 """``(student_logits [B,T,V], teacher_logits [B,T,V] | None, labels [B,T]) -> scalar loss``."""
 
-StepLoss = Callable[[torch.nn.Module, "PreTrainedModel | None", dict[str, Tensor], "int | None"], Tensor]
-"""``(student, teacher, batch, vocab_size) -> scalar loss``: a method that needs more than aligned
-logits of one batch (MiniLLM: rollouts, stored log-probs and a language-modelling batch) computes
-its whole step loss itself; the loop still owns the optimizer, clipping, schedule and data."""
+
+
+class StepLoss(ABC):
+    """A loss computed from the models and the whole batch, for methods that need more than aligned
+    logits of one batch (MiniLLM: rollouts, stored log-probs and a language-modelling batch; ULD and
+    DSKD: two tokenizations). The loop still owns the optimizer, clipping, schedule and data."""
+
+    def prepare(self, student: torch.nn.Module, teacher: PreTrainedModel | None) -> None:  # noqa: B027
+        """Called once before training (e.g. DSKD adds its projectors to the student). Default: nothing."""
+
+    @abstractmethod
+    def __call__(
+        self, student: torch.nn.Module, teacher: PreTrainedModel | None, batch: dict[str, Any], vocab_size: int | None
+    ) -> Tensor:
+        """``(student, teacher, batch, vocab_size) -> scalar loss``."""
+
+
+Loss = Objective | StepLoss
+"""What a recipe trains the distilled student with: an `Objective` on aligned logits (the common
+case, which the loop may compute fused) or a `StepLoss`."""
+
+
+def needs_teacher(loss: Loss) -> bool:
+    """Whether the loop runs the teacher for ``loss``: always, except for plain cross-entropy on the
+    training sequences (sequence-level KD and every black-box method learn from text only) and a
+    loss that says ``needs_teacher = False`` (its objective then receives ``teacher_logits=None``)."""
+    return loss is not cross_entropy_objective and getattr(loss, "needs_teacher", True)
+
 
 FUSED_MIN_LOGITS = 2**25
 """Logits entries per step (``batch × seq × vocab``, about 33.5M: 128 MiB per float32 logits
@@ -201,7 +226,7 @@ def warmup_cosine(step: int, total: int, warmup: int, floor: float = 0.1) -> flo
 def train_student(
     student: PreTrainedModel,
     batches: DataLoader,
-    objective: Objective,
+    loss: Loss,
     steps: int,
     accelerator: Accelerator | None,
     teacher: PreTrainedModel | None = None,
@@ -215,7 +240,6 @@ def train_student(
     source: OnlineSource | None = None,
     sampler: Sampler | None = None,
     validation_batches: DataLoader | None = None,
-    step_loss: StepLoss | None = None,
     progress: bool = True,
     description: str = "Training the student",
 ) -> list[float]:
@@ -224,7 +248,8 @@ def train_student(
     Args:
         student: The model to train.
         batches: Yields dicts with ``input_ids``, ``attention_mask``, ``labels`` ``[batch, seq]``.
-        objective: The loss on aligned ``(student_logits, teacher_logits | None, labels)``.
+        loss: An `Objective` on aligned ``(student_logits, teacher_logits | None, labels)``, or a
+            `StepLoss` that computes the step's loss from the models and the batch.
         steps: Number of optimizer steps.
         accelerator: Places models and data and wraps them for distributed runs; ``None``
             trains in this process only, on the student's device (used to build the teacher,
@@ -247,8 +272,6 @@ def train_student(
         validation_batches: Held-out batches; the student's cross-entropy on them is reported to
             ``source.on_validation`` before training and every ``source.validation_interval``
             steps (DistiLLM's adaptive schedule).
-        step_loss: Computes each step's loss from the models and the batch, replacing
-            ``objective`` (see `StepLoss`).
         progress: Show a progress bar (main process only).
         description: Progress bar label.
 
@@ -272,7 +295,9 @@ def train_student(
     heads_are_linear = _plain_linear_head(unwrapped) and (teacher is None or _plain_linear_head(teacher))
     if fused and not heads_are_linear:
         raise ValueError("fused=True needs plain linear LM heads (no logit soft-capping or scaling)")
-    use_fused_path(objective, 0, 0, fused)  # fails early if fused=True cannot be honoured
+    step_loss = loss if isinstance(loss, StepLoss) else None
+    if step_loss is None:
+        use_fused_path(loss, 0, 0, fused)  # fails early if fused=True cannot be honoured
     output_size = unwrapped.get_output_embeddings().weight.shape[0]
 
     if source is not None and sampler is None:
@@ -284,7 +309,7 @@ def train_student(
     def validate() -> None:
         source.on_validation(validation_loss(model, validation_batches, device, vocab_size))
 
-    losses: list[float] = []
+    curve: list[float] = []
     columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
     columns.append(TextColumn("loss {task.fields[loss]:.3f}"))
     model.train()
@@ -293,7 +318,7 @@ def train_student(
         data = iter(loader)
         if interval is not None:
             validate()  # the reference loss before training
-        while len(losses) < steps:
+        while len(curve) < steps:
             try:
                 batch = next(data)
             except StopIteration:  # a new epoch
@@ -301,26 +326,26 @@ def train_student(
                 batch = next(data)
             batch = {key: value.to(device) for key, value in batch.items()}
             if source is not None:
-                batch = source.next_batch(len(losses), steps, batch, sampler)
+                batch = source.next_batch(len(curve), steps, batch, sampler)
             if step_loss is not None:
-                loss = step_loss(model, teacher, batch, vocab_size)
+                value = step_loss(model, teacher, batch, vocab_size)
             elif heads_are_linear and use_fused_path(
-                objective, batch["input_ids"].numel(), vocab_size or output_size, fused
+                loss, batch["input_ids"].numel(), vocab_size or output_size, fused
             ):
-                loss = _fused_loss(model, unwrapped, teacher, batch, objective, vocab_size)
+                value = _fused_loss(model, unwrapped, teacher, batch, loss, vocab_size)
             else:
-                loss = _logits_loss(model, teacher, batch, objective, vocab_size)
-            backward(loss)
+                value = _logits_loss(model, teacher, batch, loss, vocab_size)
+            backward(value)
             clip(model.parameters(), max_grad_norm)
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
-            losses.append(loss.item())
-            bar.update(task, advance=1, loss=losses[-1])
-            if interval is not None and len(losses) % interval == 0 and len(losses) < steps:
+            curve.append(value.item())
+            bar.update(task, advance=1, loss=curve[-1])
+            if interval is not None and len(curve) % interval == 0 and len(curve) < steps:
                 validate()
     model.eval()
-    return losses
+    return curve
 
 
 @torch.no_grad()

@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
+from reference_impls.core.cache import cache_root
 from reference_impls.core.generation import generate_responses
 from reference_impls.core.metrics import exact_match
 from reference_impls.core.models import build_decoder, build_teacher_config
@@ -55,11 +56,6 @@ class TeacherRecipe:
 
 # A few steps only: for tests of the caching mechanics, not of teacher quality.
 QUICK_RECIPE = TeacherRecipe(steps=3, batch_size=8, train_size=64, task_mix=TASK_NAMES)
-
-
-def cache_root() -> Path:
-    """``$KDATLAS_CACHE`` if set, else ``~/.cache/kdatlas``."""
-    return Path(os.environ.get("KDATLAS_CACHE") or Path.home() / ".cache" / "kdatlas")
 
 
 def teacher_key(recipe: TeacherRecipe) -> str:

@@ -22,13 +22,14 @@ from pathlib import Path
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from reference_impls.core.cache import cache_root
 from reference_impls.core.generation import generate_responses
 from reference_impls.core.models import _decoder_config, build_decoder
 from reference_impls.core.sft import TrainingExample, bucketed_loader
 from reference_impls.core.tokenizer import build_tokenizer
 from reference_impls.core.training import cross_entropy_objective, train_student
 from reference_impls.tasks import instructions as suite
-from reference_impls.teachers.embedded import cache_root, is_complete, load_entry, save_entry
+from reference_impls.teachers.embedded import is_complete, load_entry, save_entry
 
 TEACHER_MESSAGE = (
     "Training the embedded instruction teacher (first use only, about 10 minutes on 2 CPU cores; "

@@ -17,8 +17,8 @@ from reference_impls.black_box.instruction_following._bootstrap import (
 )
 from reference_impls.black_box.instruction_following.alpaca import alpaca_recipe
 from reference_impls.black_box.instruction_following.self_instruct import self_instruct_recipe
-from reference_impls.black_box.pipeline import EVALUATIONS, PipelineConfig
-from reference_impls.run.black_box import run_pipeline
+from reference_impls.black_box.pipeline import EVALUATIONS
+from reference_impls.run import RunConfig, run_recipe
 from reference_impls.tasks import instructions as suite
 from reference_impls.teachers.text import Completion
 from tests.support.fakes import OracleTeacher, make_context
@@ -148,10 +148,10 @@ def test_interrupted_generation_resumes_without_repeated_or_lost_requests(tmp_pa
 
 
 def _run(tmp_path: Path, recipe, teacher: OracleTeacher):
-    config = PipelineConfig(
+    config = RunConfig(
         device="cpu", steps=4, eval_size=16, cache=str(tmp_path / "cache.jsonl"), progress=False
     )
-    return run_pipeline(recipe, config, teacher=teacher)
+    return run_recipe(recipe, config, teacher=teacher)
 
 
 @pytest.mark.parametrize(

@@ -241,6 +241,6 @@ def test_any_token_level_objective_takes_any_source_but_custom_steps_refuse() ->
     from kdatlas.runner import RunError, build_recipe, with_source
 
     recipe = with_source(build_recipe("reverse-kl", {}), "mixed:0.3")
-    assert recipe.data_source.lam == 0.3 and recipe.method_id == "reverse-kl"
+    assert recipe.data.lam == 0.3 and recipe.method_id == "reverse-kl"
     with pytest.raises(RunError, match="own sampling and training step"):
         with_source(build_recipe("minillm", {}), "dataset")

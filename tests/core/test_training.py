@@ -50,8 +50,8 @@ def _train(tokenizer: Any, objective: Any, **kwargs: Any) -> tuple[list[float], 
     ids=lambda r: r.method_id,
 )
 def test_fused_and_logits_paths_give_the_same_training_run(tokenizer: Any, recipe: Any) -> None:
-    reference, reference_student = _train(tokenizer, recipe.objective, fused=False)
-    fused, fused_student = _train(tokenizer, recipe.objective, fused=True)
+    reference, reference_student = _train(tokenizer, recipe.loss, fused=False)
+    fused, fused_student = _train(tokenizer, recipe.loss, fused=True)
     assert reference[-1] != reference[0]  # the run moves
     torch.testing.assert_close(torch.tensor(fused), torch.tensor(reference), rtol=1e-9, atol=1e-12)
     for a, b in zip(fused_student.parameters(), reference_student.parameters(), strict=True):
@@ -59,7 +59,7 @@ def test_fused_and_logits_paths_give_the_same_training_run(tokenizer: Any, recip
 
 
 def test_shared_vocabulary_cut_is_applied_on_both_paths(tokenizer: Any) -> None:
-    objective = generalized_jsd_recipe().objective
+    objective = generalized_jsd_recipe().loss
     cut = len(tokenizer) - 3  # as for heads padded to different sizes
     reference, _ = _train(tokenizer, objective, fused=False, vocab_size=cut)
     fused, _ = _train(tokenizer, objective, fused=True, vocab_size=cut)
@@ -67,7 +67,7 @@ def test_shared_vocabulary_cut_is_applied_on_both_paths(tokenizer: Any) -> None:
 
 
 def test_default_switches_on_the_threshold(tokenizer: Any, monkeypatch: pytest.MonkeyPatch) -> None:
-    objective = reverse_kl_recipe().objective
+    objective = reverse_kl_recipe().loss
     # The embedded models (vocabulary 100, a few thousand tokens a batch) stay on the logits path.
     assert not use_fused_path(objective, 32 * 120, len(tokenizer), None)
     assert use_fused_path(objective, FUSED_MIN_LOGITS // 128_256 + 1, 128_256, None)

@@ -9,10 +9,9 @@ from pathlib import Path
 import pytest
 
 from reference_impls.black_box.instruction_following.alpaca import alpaca_recipe
-from reference_impls.black_box.pipeline import PipelineConfig
 from reference_impls.core.models import build_decoder, build_student_config
 from reference_impls.core.tokenizer import build_tokenizer
-from reference_impls.run.black_box import run_pipeline
+from reference_impls.run import RunConfig, run_recipe
 from reference_impls.teachers.http import OpenAICompatibleTeacher
 from reference_impls.teachers.instruct import InstructTeacherRecipe, load_or_train_instruct_teacher
 from reference_impls.teachers.messages import GenerationRequest
@@ -118,23 +117,23 @@ def test_pipeline_runs_unchanged_over_http(small_teacher: tuple, tmp_path: Path)
     try:
         recipe = alpaca_recipe(num_instructions=10)
 
-        def config(cache: str, **endpoint: object) -> PipelineConfig:
-            return PipelineConfig(
+        def config(cache: str, **endpoint: object) -> RunConfig:
+            return RunConfig(
                 device="cpu", steps=3, eval_size=16, cache=str(tmp_path / cache), progress=False, **endpoint
             )
 
         local = _outcome(
-            lambda: run_pipeline(recipe, config("local.jsonl"), teacher=LocalTeacher(model, tokenizer))
+            lambda: run_recipe(recipe, config("local.jsonl"), teacher=LocalTeacher(model, tokenizer))
         )
         http = config("http.jsonl", teacher_url=base_url, teacher_model="small", api_key_env=None)
         # The teacher resolved from the URL, as `kdatlas run --teacher-url` does.
-        remote = _outcome(lambda: run_pipeline(recipe, http))
+        remote = _outcome(lambda: run_recipe(recipe, http))
         # The server generates with the same LocalTeacher code: the same data, the same students
         # (or, for a teacher too weak to pass the filters, the same refusal).
         assert remote == local
         assert len((tmp_path / "http.jsonl").read_text().splitlines()) > 100  # it did talk to the server
         counting = OpenAICompatibleTeacher(base_url, "small", api_key_env=None)
-        again = _outcome(lambda: run_pipeline(recipe, http, teacher=counting))
+        again = _outcome(lambda: run_recipe(recipe, http, teacher=counting))
         assert counting.stats.http_requests == 0, "a rerun must be served from the cache"
         assert again == remote
     finally:

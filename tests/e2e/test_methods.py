@@ -18,7 +18,7 @@ from rich.console import Console
 from kdatlas.runner import RunError, build_recipe, run_method
 from kdatlas.taxonomy import load_taxonomy
 from reference_impls.registry import registered_methods
-from reference_impls.run.white_box import METRIC_NAMES, RunConfig, run_recipe
+from reference_impls.run import METRIC_NAMES, RunConfig, run_recipe
 from reference_impls.teachers.embedded import QUICK_RECIPE
 
 REPO = Path(__file__).resolve().parents[2]
@@ -55,7 +55,7 @@ def test_method_runs_end_to_end(method_id: str, tiny_run: dict[str, Any]) -> Non
     assert recipe.method_id == method_id
     result = run_recipe(recipe, RunConfig(device="cpu", **tiny_run), teacher_recipe=QUICK_RECIPE)
     assert set(result.metrics) == {"teacher", "baseline", "distilled"}
-    across_vocabularies = recipe.cross_tokenizer  # distances to the teacher are undefined there
+    across_vocabularies = recipe.students.cross_tokenizer  # distances to the teacher are undefined there
     for role, metrics in result.metrics.items():
         expected = (
             {"exact_match", "rouge_l"} if across_vocabularies and role != "teacher" else set(METRIC_NAMES)
@@ -69,8 +69,7 @@ def test_method_runs_end_to_end(method_id: str, tiny_run: dict[str, Any]) -> Non
 @pytest.mark.parametrize("method_id", PIPELINES)
 def test_pipeline_methods_run_end_to_end(method_id: str, tmp_path: Path) -> None:
     """Every black-box method's default pipeline, against the exact oracle teacher, a few steps."""
-    from reference_impls.black_box.pipeline import PipelineConfig
-    from reference_impls.run.black_box import run_pipeline
+    from reference_impls.run import RunConfig, run_recipe
     from tests.support.fakes import OracleTeacher
 
     # The default pipeline, with its data size cut to keep the test short.
@@ -92,10 +91,10 @@ def test_pipeline_methods_run_end_to_end(method_id: str, tmp_path: Path) -> None
         # The oracle's answers are already right, so its reflection rewrites none of them.
         overrides["keep_rejected_responses"] = "true"
     recipe = build_recipe(method_id, overrides)
-    config = PipelineConfig(
+    config = RunConfig(
         device="cpu", steps=4, eval_size=16, cache=str(tmp_path / "c.jsonl"), progress=False
     )
-    result = run_pipeline(recipe, config, teacher=OracleTeacher())
+    result = run_recipe(recipe, config, teacher=OracleTeacher())
     assert set(result.metrics) == {"teacher", "baseline", "distilled"}
     assert result.metrics["teacher"]["exact_match"] == 1.0  # the oracle, scored exactly
     assert result.data and result.config["hyperparameters"] == dict(recipe.hyperparameters)
@@ -151,7 +150,7 @@ def test_run_method_writes_a_pipeline_run_directory(tmp_path: Path, monkeypatch:
     assert set(json.loads((out / "metrics.json").read_text())) == {"teacher", "baseline", "distilled"}
     data = (out / "data.jsonl").read_text().splitlines()
     assert len(data) >= 20 and json.loads(data[0])["segments"][1][1] is True  # the answer is supervised
-    assert {"baseline", "data_pipeline", "distill", "total"} <= set(json.loads((out / "seconds.json").read_text()))
+    assert {"baseline", "data", "distill", "total"} <= set(json.loads((out / "seconds.json").read_text()))
     shown = console.export_text()
     assert "alpaca: data pipeline" in shown and "teacher requests" in shown  # the counts table
     assert "seed-only baseline in exact match" in shown  # the verdict sentence
@@ -181,7 +180,7 @@ def test_baseline_and_distilled_share_start_data_and_budget(tiny_run: dict[str, 
     from reference_impls.core.recipe import Recipe
     from reference_impls.core.training import cross_entropy_objective
 
-    recipe = Recipe("plain-ce", cross_entropy_objective, DatasetResponses(), uses_teacher_logits=False)
+    recipe = Recipe("plain-ce", data=DatasetResponses(), loss=cross_entropy_objective)
     config = RunConfig(device="cpu", **{**tiny_run, "steps": 3, "sft_steps": 3})
     result = run_recipe(recipe, config, teacher_recipe=QUICK_RECIPE)
     assert result.curves["distilled"] == pytest.approx(result.curves["baseline"])
@@ -318,7 +317,7 @@ def local_models(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
     return str(root / "teacher"), str(root / "student")
 
 
-# Black-box pipelines take --teacher/--student paths through PipelineConfig; the HTTP test in
+# Black-box pipelines take --teacher/--student paths through RunConfig; the HTTP test in
 # test_blackbox_integration covers their non-embedded teacher path.
 @pytest.mark.parametrize("method_id", WHITE_BOX)
 def test_method_runs_on_local_checkpoints(

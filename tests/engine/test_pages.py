@@ -192,7 +192,7 @@ def test_black_box_entry_offers_the_pipeline_not_a_loss(
     assert "kdatlas run alpaca --teacher-url http://127.0.0.1:8765/v1" in page
     assert "--api-key-env OPENAI_API_KEY" in page
     assert "## Use the pipeline in your own code" in page
-    assert "recipe = alpaca_recipe()" in page and "run_pipeline(recipe, config)" in page
+    assert "recipe = alpaca_recipe()" in page and "run_recipe(recipe, config)" in page
     # nothing of the white-box route: no loss to call, no shared tokenizer, no Accelerate launch
     assert "loss.backward()" not in page and "Use the loss" not in page
     assert "share the tokenizer" not in page and "accelerate launch" not in page

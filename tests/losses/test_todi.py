@@ -27,7 +27,7 @@ from reference_impls.losses import (
 )
 from reference_impls.losses.fused import FUSED_DIVERGENCES, fused_linear_divergence
 from reference_impls.registry import registered_methods
-from reference_impls.run.white_box import METRIC_NAMES, RunConfig, run_recipe
+from reference_impls.run import METRIC_NAMES, RunConfig, run_recipe
 from reference_impls.teachers.embedded import QUICK_RECIPE
 
 # --- independent references ----------------------------------------------------------------------
@@ -332,7 +332,7 @@ def test_recipe_defaults_and_objective() -> None:
     assert recipe.hyperparameters == {"temperature": 1.5}
     student, teacher, labels = make_inputs(seed=13)
     torch.testing.assert_close(
-        recipe.objective(student, teacher, labels), todi(student, teacher, labels, temperature=1.5)
+        recipe.loss(student, teacher, labels), todi(student, teacher, labels, temperature=1.5)
     )
 
 

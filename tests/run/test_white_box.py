@@ -11,8 +11,10 @@ import torch
 
 from reference_impls.core.data_sources import DatasetResponses, SourceContext, TeacherGenerated
 from reference_impls.core.models import build_decoder, build_student, build_teacher_config
+from reference_impls.core.recipe import Recipe
 from reference_impls.core.tokenizer import build_tokenizer
-from reference_impls.run.white_box import METRIC_NAMES, Recipe, RunConfig, check_same_vocabulary, run_recipe
+from reference_impls.run import METRIC_NAMES, RunConfig, run_recipe
+from reference_impls.run.strings import check_same_vocabulary
 from reference_impls.tasks.strings import make_split, save_jsonl
 from reference_impls.teachers import embedded as teacher_module
 from reference_impls.teachers.embedded import QUICK_RECIPE, load_or_train_teacher, teacher_dir
@@ -28,7 +30,7 @@ def forward_kl(
     return (log_p.exp() * (log_p - log_q)).sum(-1).mean()
 
 
-RECIPE = Recipe("forward-kl", forward_kl, DatasetResponses(), hyperparameters={"temperature": 1.0})
+RECIPE = Recipe("forward-kl", data=DatasetResponses(), loss=forward_kl, hyperparameters={"temperature": 1.0})
 
 
 @pytest.fixture
@@ -129,7 +131,8 @@ def test_objective_without_teacher_logits_gets_none(cache: Path, tiny_run: dict[
             student_logits.flatten(0, 1), labels.flatten(), ignore_index=-100
         )
 
-    recipe = Recipe("seqkd", sequence_level, TeacherGenerated(), uses_teacher_logits=False)
+    sequence_level.needs_teacher = False  # type: ignore[attr-defined]  # learns from the teacher's text
+    recipe = Recipe("seqkd", data=TeacherGenerated(), loss=sequence_level)
     result = run_recipe(recipe, RunConfig(device="cpu", **tiny_run), teacher_recipe=QUICK_RECIPE)
     assert seen == [None, None]
     assert result.config["data_source"] == {"name": "teacher", "decoding": "greedy"}

@@ -14,8 +14,9 @@ from pathlib import Path
 
 import torch
 
-from reference_impls.black_box.pipeline import PipelineConfig, PipelineContext
+from reference_impls.black_box.pipeline import PipelineContext
 from reference_impls.core.models import build_student
+from reference_impls.core.recipe import RunConfig
 from reference_impls.core.tokenizer import build_tokenizer
 from reference_impls.tasks import instructions as suite
 from reference_impls.teachers.text import Completion, GenerationRequest, TextTeacher, plain_chat_prompt
@@ -104,13 +105,14 @@ def make_context(
 ) -> PipelineContext:
     """A pipeline context on the CPU with the embedded student and a fresh response cache."""
     tokenizer = build_tokenizer()
-    config = PipelineConfig(device="cpu", steps=steps, seed_tasks=seed_tasks, progress=False)
+    config = RunConfig(device="cpu", steps=steps, seed_tasks=seed_tasks, progress=False)
     return PipelineContext(
         teacher=teacher or OracleTeacher(),
         cache_path=tmp_path / "responses.jsonl",
         seeds=suite.seed_tasks(seed_tasks),
         tokenizer=tokenizer,
         config=config,
+        steps=steps,
         device=torch.device("cpu"),
         new_student=lambda: build_student(tokenizer, 0),
     )

@@ -27,7 +27,8 @@ from reference_impls.black_box.instruction_following._bootstrap import (
     answer_instructions,
     bootstrap_instructions,
 )
-from reference_impls.black_box.pipeline import DistilledData, PipelineContext, PipelineRecipe
+from reference_impls.black_box.pipeline import DistilledData, PipelineContext, TextPipeline
+from reference_impls.core.recipe import Recipe
 from reference_impls.registry import register
 from reference_impls.tasks.strings import Example
 
@@ -63,7 +64,7 @@ def alpaca_recipe(
     temperature: float = 1.0,
     top_p: float = 1.0,
     novelty_threshold: float = 0.7,
-) -> PipelineRecipe:
+) -> Recipe:
     """Alpaca's generation (seed demonstrations only, sampled at T = 1) and SFT on the teacher's answers.
 
     Args:
@@ -81,7 +82,8 @@ def alpaca_recipe(
         instructions = alpaca_instructions(context, num_instructions, settings)
         return DistilledData(answer_instructions(context, instructions, tag="alpaca answers"))
 
-    return PipelineRecipe(
+    return Recipe(
         method_id="alpaca",
-        build_data=build,
+        data=TextPipeline(build),
+        evaluation="instructions",
     )

@@ -49,7 +49,8 @@ from reference_impls.black_box.instruction_following._bootstrap import (
     answer_instructions,
     bootstrap_instructions,
 )
-from reference_impls.black_box.pipeline import DistilledData, PipelineContext, PipelineRecipe
+from reference_impls.black_box.pipeline import DistilledData, PipelineContext, TextPipeline
+from reference_impls.core.recipe import Recipe
 from reference_impls.core.sft import TrainingExample
 from reference_impls.registry import register
 from reference_impls.tasks import instructions as suite
@@ -166,7 +167,7 @@ def evol_instruct_recipe(
     top_p: float = 0.95,
     prompt_instructions: int = 3,
     novelty_threshold: float = 0.7,
-) -> PipelineRecipe:
+) -> Recipe:
     """Evol-Instruct: an Alpaca pool evolved for ``rounds`` rounds with elimination, all rounds mixed.
 
     Args:
@@ -226,7 +227,8 @@ def evol_instruct_recipe(
             count(context.stats, f"training data: depth {depth}")
         return DistilledData(data)
 
-    return PipelineRecipe(
+    return Recipe(
         method_id="evol-instruct",
-        build_data=build,
+        data=TextPipeline(build),
+        evaluation="instructions",
     )

@@ -36,7 +36,8 @@ import random
 import re
 
 from reference_impls.black_box.filters import count, response_problem
-from reference_impls.black_box.pipeline import DistilledData, PipelineContext, PipelineRecipe
+from reference_impls.black_box.pipeline import DistilledData, PipelineContext, TextPipeline
+from reference_impls.core.recipe import Recipe
 from reference_impls.core.sft import TrainingExample
 from reference_impls.registry import register
 from reference_impls.tasks import instructions as suite
@@ -86,7 +87,7 @@ def gpt4all_recipe(
     conversation_prompts: int = 250,
     templated_prompts: int = 450,
     min_source_diversity: float = 0.5,
-) -> PipelineRecipe:
+) -> Recipe:
     """GPT4All's labelling of existing prompts with two-step curation, then SFT.
 
     Args:
@@ -139,7 +140,8 @@ def gpt4all_recipe(
             examples += kept
         return DistilledData(examples)
 
-    return PipelineRecipe(
+    return Recipe(
         method_id="gpt4all",
-        build_data=build,
+        data=TextPipeline(build),
+        evaluation="instructions",
     )

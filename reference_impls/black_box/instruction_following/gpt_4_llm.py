@@ -40,7 +40,8 @@ from reference_impls.black_box.instruction_following._bootstrap import (
     answer_instructions,
 )
 from reference_impls.black_box.instruction_following.alpaca import alpaca_instructions, alpaca_settings
-from reference_impls.black_box.pipeline import DistilledData, PipelineContext, PipelineRecipe
+from reference_impls.black_box.pipeline import DistilledData, PipelineContext, TextPipeline
+from reference_impls.core.recipe import Recipe
 from reference_impls.core.sft import TrainingExample
 from reference_impls.registry import register
 from reference_impls.tasks import instructions as suite
@@ -114,7 +115,7 @@ def gpt_4_llm_recipe(
     answer_temperature: float = 0.0,
     comparison_temperature: float = 1.0,
     comparison_data: bool = True,
-) -> PipelineRecipe:
+) -> Recipe:
     """Alpaca's instructions (shared through the cache) answered by the stronger teacher, then SFT.
 
     Args:
@@ -163,7 +164,8 @@ def gpt_4_llm_recipe(
             collect_comparisons(context, instructions, answers_by_prompt(examples), answers_by_prompt(weaker))
         return DistilledData(examples)
 
-    return PipelineRecipe(
+    return Recipe(
         method_id="gpt-4-llm",
-        build_data=build,
+        data=TextPipeline(build),
+        evaluation="instructions",
     )

@@ -42,7 +42,8 @@ from reference_impls.black_box.instruction_following._bootstrap import (
     answer_instructions,
     bootstrap_instructions,
 )
-from reference_impls.black_box.pipeline import DistilledData, PipelineContext, PipelineRecipe
+from reference_impls.black_box.pipeline import DistilledData, PipelineContext, TextPipeline
+from reference_impls.core.recipe import Recipe
 from reference_impls.registry import register
 from reference_impls.tasks import instructions as suite
 from reference_impls.tasks.strings import Example
@@ -67,7 +68,7 @@ def lamini_lm_recipe(
     temperature: float = 1.0,
     top_p: float = 1.0,
     novelty_threshold: float = 0.7,
-) -> PipelineRecipe:
+) -> Recipe:
     """LaMini-LM's pool (existing + example-guided + topic-guided instructions), all answered by the teacher.
 
     Args:
@@ -128,7 +129,8 @@ def lamini_lm_recipe(
         # Every instruction, existing ones included, gets the teacher's response.
         return DistilledData(answer_instructions(context, pool, tag="lamini-lm answers"))
 
-    return PipelineRecipe(
+    return Recipe(
         method_id="lamini-lm",
-        build_data=build,
+        data=TextPipeline(build),
+        evaluation="instructions",
     )

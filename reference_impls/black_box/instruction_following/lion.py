@@ -50,7 +50,8 @@ from reference_impls.black_box.instruction_following._bootstrap import (
     answer_instructions,
     bootstrap_instructions,
 )
-from reference_impls.black_box.pipeline import DistilledData, PipelineContext, PipelineRecipe
+from reference_impls.black_box.pipeline import DistilledData, PipelineContext, TextPipeline
+from reference_impls.core.recipe import Recipe
 from reference_impls.core.sft import TrainingExample
 from reference_impls.registry import register
 from reference_impls.tasks import instructions as suite
@@ -134,7 +135,7 @@ def lion_recipe(
     temperature: float = 1.0,
     top_p: float = 1.0,
     novelty_threshold: float = 0.7,
-) -> PipelineRecipe:
+) -> Recipe:
     """Lion's imitation / discrimination / generation loop on one continually trained student.
 
     Args:
@@ -186,7 +187,7 @@ def lion_recipe(
         new = list(train_pool)
         student = context.new_student()
         curve: list[float] = []
-        budget = split_steps(context.config.steps, iterations + 1)
+        budget = split_steps(context.steps, iterations + 1)
         for stage, steps in enumerate(budget, start=1):
             # (a) Imitation: answer what joined the Train Pool, train on the whole pool.
             data += answer_instructions(context, new, tag=f"train pool answers (stage {stage})")
@@ -222,7 +223,8 @@ def lion_recipe(
         stats["curve"] = curve
         return DistilledData(data, student=student)
 
-    return PipelineRecipe(
+    return Recipe(
         method_id="lion",
-        build_data=build,
+        data=TextPipeline(build),
+        evaluation="instructions",
     )

@@ -46,7 +46,8 @@ from __future__ import annotations
 import random
 
 from reference_impls.black_box.filters import count, response_problem
-from reference_impls.black_box.pipeline import DistilledData, PipelineContext, PipelineRecipe
+from reference_impls.black_box.pipeline import DistilledData, PipelineContext, TextPipeline
+from reference_impls.core.recipe import Recipe
 from reference_impls.core.sft import TrainingExample
 from reference_impls.registry import register
 from reference_impls.tasks import instructions as suite
@@ -106,7 +107,7 @@ def explanation_data(
 
 
 @register("orca")
-def orca_recipe(num_queries: int = 600, system: str = "explain") -> PipelineRecipe:
+def orca_recipe(num_queries: int = 600, system: str = "explain") -> Recipe:
     """Explanation tuning: FLAN-style queries answered by the teacher under a system message.
 
     Args:
@@ -128,9 +129,9 @@ def orca_recipe(num_queries: int = 600, system: str = "explain") -> PipelineReci
         systems = [rng.choice(suite.SYSTEM_PROMPTS) if system == "mixed" else system for _ in queries]
         return DistilledData(explanation_data(context, queries, systems))
 
-    return PipelineRecipe(
+    return Recipe(
         method_id="orca",
-        build_data=build,
+        data=TextPipeline(build),
         # Each student is asked in the format it was trained on (the answer is read after
         # "=>" either way), so the answers-only ablation is not scored on a prompt it never saw.
         evaluation="brief" if system == suite.BRIEF else "explained",

@@ -52,8 +52,9 @@ from reference_impls.black_box.instruction_following._bootstrap import (
     GenerationSettings,
     bootstrap_instructions,
 )
-from reference_impls.black_box.pipeline import MAX_NEW_TOKENS, DistilledData, PipelineContext, PipelineRecipe
+from reference_impls.black_box.pipeline import MAX_NEW_TOKENS, DistilledData, PipelineContext, TextPipeline
 from reference_impls.core.generation import generate_responses
+from reference_impls.core.recipe import Recipe
 from reference_impls.core.sft import TrainingExample
 from reference_impls.registry import register
 from reference_impls.tasks import instructions as suite
@@ -155,7 +156,7 @@ def persd_recipe(
     variant: str = "combined",
     attempt_temperature: float = 0.3,
     epochs: int = 20,
-) -> PipelineRecipe:
+) -> Recipe:
     """Personalised distillation: refinements of the student's failed attempts, checked by tests.
 
     Args:
@@ -185,7 +186,7 @@ def persd_recipe(
         tasks = task_pool(context, num_tasks, task_source)
         student = context.new_student()
         seed_data = [TrainingExample.single(e.prompt, e.response) for e in context.seeds]
-        context.fine_tune(student, seed_data, context.config.steps, "Attempting student (seed tasks)")
+        context.fine_tune(student, seed_data, context.steps, "Attempting student (seed tasks)")
         attempts = student_attempts(context, student, tasks, attempt_temperature)
         examples = personalised_examples(refine_failures(context, tasks, attempts), variant)
         if not examples:
@@ -194,7 +195,8 @@ def persd_recipe(
         context.stats["curve"] = context.fine_tune(student, examples, steps, f"PERsD student ({variant})")
         return DistilledData(examples, student=student)
 
-    return PipelineRecipe(
+    return Recipe(
         method_id="persd",
-        build_data=build,
+        data=TextPipeline(build),
+        evaluation="instructions",
     )

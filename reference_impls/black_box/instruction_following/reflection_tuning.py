@@ -33,7 +33,8 @@ from collections.abc import Sequence
 
 from reference_impls.black_box.filters import count, response_problem
 from reference_impls.black_box.instruction_following.alpaca import alpaca_recipe
-from reference_impls.black_box.pipeline import DistilledData, PipelineContext, PipelineRecipe
+from reference_impls.black_box.pipeline import DistilledData, PipelineContext, TextPipeline
+from reference_impls.core.recipe import Recipe
 from reference_impls.core.sft import TrainingExample
 from reference_impls.registry import register
 from reference_impls.tasks import instructions as suite
@@ -45,7 +46,7 @@ INSTRUCTION_OPERATIONS = {"deepen": suite.deepen_prompt, "widen": suite.widen_pr
 def alpaca_pool(context: PipelineContext, num_instructions: int) -> list[Pair]:
     """The original set $\\mathcal{D}_0$: the Alpaca pipeline's (instruction, teacher answer) pairs,
     asked exactly as ``kdatlas run alpaca`` asks them (so a run of either fills the cache for both)."""
-    examples = alpaca_recipe(num_instructions=num_instructions).build_data(context).examples
+    examples = alpaca_recipe(num_instructions=num_instructions).data.build(context).examples
     return [(e.segments[0][0], e.segments[1][0]) for e in examples]
 
 
@@ -154,7 +155,7 @@ def reflection_tuning_recipe(
     num_instructions: int = 600,
     instruction_operation: str = "deepen",
     temperature: float = 0.0,
-) -> PipelineRecipe:
+) -> Recipe:
     """Recycle the Alpaca pool with instruction and response reflection; train on every recycled pair.
 
     Args:
@@ -178,7 +179,8 @@ def reflection_tuning_recipe(
         context.stats["recycled: responses correct"] = correct_rate(recycled)
         return DistilledData([TrainingExample.single(x, y) for x, y in recycled])
 
-    return PipelineRecipe(
+    return Recipe(
         method_id="reflection-tuning",
-        build_data=build,
+        data=TextPipeline(build),
+        evaluation="instructions",
     )

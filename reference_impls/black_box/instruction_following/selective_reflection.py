@@ -55,7 +55,8 @@ from reference_impls.black_box.instruction_following.reflection_tuning import (
     reflect_instructions,
     reflect_responses,
 )
-from reference_impls.black_box.pipeline import DistilledData, PipelineContext, PipelineRecipe
+from reference_impls.black_box.pipeline import DistilledData, PipelineContext, TextPipeline
+from reference_impls.core.recipe import Recipe
 from reference_impls.core.sft import TrainingExample
 from reference_impls.registry import register
 
@@ -146,7 +147,7 @@ def selective_reflection_recipe(
     keep_rejected_responses: bool = False,
     top_k: int | None = None,
     scorer_steps: int = 100,
-) -> PipelineRecipe:
+) -> Recipe:
     """Reflect on the Alpaca pool with the teacher, let the student select, train on the selection.
 
     Args:
@@ -201,9 +202,10 @@ def selective_reflection_recipe(
         stats["selected: responses correct"] = correct_rate(selected)
         return DistilledData([TrainingExample.single(x, y) for x, y in selected])
 
-    return PipelineRecipe(
+    return Recipe(
         method_id="selective-reflection-tuning",
-        build_data=build,
+        data=TextPipeline(build),
+        evaluation="instructions",
     )
 
 

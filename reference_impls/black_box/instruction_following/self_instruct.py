@@ -34,7 +34,8 @@ from reference_impls.black_box.instruction_following._bootstrap import (
     answer_instructions,
     bootstrap_instructions,
 )
-from reference_impls.black_box.pipeline import DistilledData, PipelineContext, PipelineRecipe
+from reference_impls.black_box.pipeline import DistilledData, PipelineContext, TextPipeline
+from reference_impls.core.recipe import Recipe
 from reference_impls.registry import register
 from reference_impls.tasks import instructions as suite
 
@@ -48,7 +49,7 @@ def self_instruct_recipe(
     top_p: float = 0.5,
     novelty_threshold: float = 0.7,
     instances_per_instruction: int = 1,
-) -> PipelineRecipe:
+) -> Recipe:
     """Self-Instruct's bootstrap with ROUGE-L novelty filtering, then SFT on the teacher's answers.
 
     Args:
@@ -76,9 +77,10 @@ def self_instruct_recipe(
         examples = answer_instructions(context, instructions + instances, tag="self-instruct answers")
         return DistilledData(examples)
 
-    return PipelineRecipe(
+    return Recipe(
         method_id="self-instruct",
-        build_data=build,
+        data=TextPipeline(build),
+        evaluation="instructions",
     )
 
 

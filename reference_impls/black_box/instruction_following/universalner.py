@@ -45,7 +45,8 @@ from collections import Counter
 from collections.abc import Sequence
 
 from reference_impls.black_box.filters import count, response_problem
-from reference_impls.black_box.pipeline import DistilledData, PipelineContext, PipelineRecipe
+from reference_impls.black_box.pipeline import DistilledData, PipelineContext, TextPipeline
+from reference_impls.core.recipe import Recipe
 from reference_impls.core.sft import TrainingExample
 from reference_impls.registry import register
 from reference_impls.tasks import instructions as suite
@@ -130,7 +131,7 @@ def universalner_recipe(
     negative_sampling: bool = True,
     negatives_per_passage: int = 3,
     conversation: bool = True,
-) -> PipelineRecipe:
+) -> Recipe:
     """UniversalNER's targeted distillation: open annotation → typed queries with negative types.
 
     Args:
@@ -176,8 +177,8 @@ def universalner_recipe(
                 examples += [TrainingExample.single(prompt, answer) for prompt, answer in turns]
         return DistilledData(examples)
 
-    return PipelineRecipe(
+    return Recipe(
         method_id="universalner",
-        build_data=build,
+        data=TextPipeline(build),
         evaluation="find",
     )

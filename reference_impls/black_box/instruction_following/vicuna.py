@@ -38,7 +38,8 @@ from collections.abc import Sequence
 from transformers import PreTrainedTokenizerBase
 
 from reference_impls.black_box.filters import count, response_problem
-from reference_impls.black_box.pipeline import DistilledData, PipelineContext, PipelineRecipe
+from reference_impls.black_box.pipeline import DistilledData, PipelineContext, TextPipeline
+from reference_impls.core.recipe import Recipe
 from reference_impls.core.sft import TrainingExample, encode_example
 from reference_impls.registry import register
 from reference_impls.tasks import instructions as suite
@@ -125,7 +126,7 @@ def vicuna_recipe(
     max_turns: int = 3,
     max_length: int = 256,
     loss_on: str = "assistant",
-) -> PipelineRecipe:
+) -> Recipe:
     """Multi-turn conversation distillation: human user turns, teacher assistant turns, the loss
     on the assistant turns only.
 
@@ -172,8 +173,8 @@ def vicuna_recipe(
             examples += pieces
         return DistilledData(examples)
 
-    return PipelineRecipe(
+    return Recipe(
         method_id="vicuna",
-        build_data=build,
+        data=TextPipeline(build),
         evaluation="conversations",
     )

@@ -54,6 +54,6 @@ def distillm_recipe(
     )
     return Recipe(
         method_id="distillm",
-        objective=objective,
-        data_source=source,
+        data=source,
+        loss=objective,
     )

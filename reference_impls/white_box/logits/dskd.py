@@ -25,8 +25,8 @@ import torch
 from torch import Tensor
 
 from reference_impls.core.data_sources import DatasetResponses
-from reference_impls.core.recipe import Recipe
-from reference_impls.core.training import cross_entropy_objective, next_token_view
+from reference_impls.core.recipe import Recipe, Students
+from reference_impls.core.training import StepLoss, next_token_view
 from reference_impls.registry import register
 from reference_impls.white_box.logits._cross_tokenizer import (
     DSKDProjectors,
@@ -55,7 +55,7 @@ def _outputs(net: torch.nn.Module, batch: dict[str, Tensor], prefix: str, cma: b
 
 
 @dataclass
-class DSKDStep:
+class DSKDStep(StepLoss):
     """One DSKD step; `prepare` attaches the projectors to the student before training."""
 
     cross_model_attention: bool = True
@@ -102,8 +102,8 @@ def dskd_recipe(
     """
     return Recipe(
         method_id="dskd",
-        objective=cross_entropy_objective,  # the CE part; the KD part needs hidden states and heads
-        data_source=DatasetResponses(),
-        step_loss=DSKDStep(cross_model_attention, kd_rate, kd_temperature),
-        cross_tokenizer=cross_model_attention,
+        data=DatasetResponses(),
+        loss=DSKDStep(cross_model_attention, kd_rate, kd_temperature),
+        # DSKD-CMA aligns two tokenizations; plain DSKD needs the teacher's vocabulary.
+        students=Students(tokenizer="pair" if cross_model_attention else None),
     )

@@ -33,9 +33,8 @@ from torch import Tensor
 from reference_impls import losses
 from reference_impls.core.data_sources import OnlineSource, SourceContext
 from reference_impls.core.generation import generate_responses
-from reference_impls.core.logits_loss import WordLevelObjective
 from reference_impls.core.recipe import Recipe
-from reference_impls.core.training import aligned_logits
+from reference_impls.core.training import StepLoss, aligned_logits
 from reference_impls.losses import numerics
 from reference_impls.registry import register
 from reference_impls.tasks.strings import Example
@@ -122,7 +121,7 @@ class TeacherAndStudentSamples(OnlineSource):
 
 
 @dataclass(frozen=True)
-class FDistillStep:
+class FDistillStep(StepLoss):
     """One f-DISTILL step: the divergence's teacher-sample part plus its student-sample part."""
 
     divergence: str = "tvd"
@@ -164,9 +163,6 @@ def fdistill_recipe(divergence: str = "tvd", temperature: float = 1.0) -> Recipe
     source = TeacherAndStudentSamples(need_student=divergence in STUDENT_TERMS, temperature=temperature)
     return Recipe(
         method_id="f-distill",
-        objective=WordLevelObjective(
-            "f-distill", losses.total_variation, {}
-        ),  # the token-level building block
-        data_source=source,
-        step_loss=FDistillStep(divergence),
+        data=source,
+        loss=FDistillStep(divergence),
     )

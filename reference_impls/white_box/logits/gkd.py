@@ -41,6 +41,6 @@ def gkd_recipe(lam: float = 0.5, beta: float = 0.5, temperature: float = 0.9, se
     objective = WordLevelObjective("gkd", losses.generalized_jsd, {"beta": beta})
     return Recipe(
         method_id="gkd",
-        objective=objective,
-        data_source=MixedStudentData(lam=lam, temperature=temperature, seq_kd=seq_kd),
+        data=MixedStudentData(lam=lam, temperature=temperature, seq_kd=seq_kd),
+        loss=objective,
     )

@@ -27,7 +27,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from reference_impls import losses
 from reference_impls.core.data_sources import DatasetResponses
 from reference_impls.core.logits_loss import WordLevelObjective
-from reference_impls.core.recipe import Recipe
+from reference_impls.core.recipe import Recipe, Students
 from reference_impls.core.training import make_dataloader
 from reference_impls.registry import register
 from reference_impls.tasks.strings import Example
@@ -94,7 +94,7 @@ def minima_recipe(size_ratio: float = 0.4, importance: str = "gradient", tempera
         raise ValueError(f"size_ratio must be in (0, 1), got {size_ratio}")
     return Recipe(
         method_id="minima",
-        objective=WordLevelObjective("minima", losses.forward_kl, {"temperature": temperature}),
-        data_source=DatasetResponses(),
-        build_student=PrunedStudent(size_ratio, importance),
+        data=DatasetResponses(),
+        loss=WordLevelObjective("minima", losses.forward_kl, {"temperature": temperature}),
+        students=Students(build=PrunedStudent(size_ratio, importance)),
     )

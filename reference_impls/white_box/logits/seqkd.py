@@ -41,7 +41,6 @@ def seqkd_recipe(decoding: str = "greedy") -> Recipe:
     """
     return Recipe(
         method_id="seqkd",
-        objective=cross_entropy_objective,  # on the teacher's tokens; no teacher logits
-        data_source=TeacherGenerated(decoding=decoding),
-        uses_teacher_logits=False,
+        data=TeacherGenerated(decoding=decoding),
+        loss=cross_entropy_objective,  # on the teacher's tokens: the teacher is not run in training
     )

@@ -24,15 +24,15 @@ import torch
 from torch import Tensor
 
 from reference_impls.core.data_sources import TeacherGenerated
-from reference_impls.core.recipe import Recipe
-from reference_impls.core.training import aligned_logits, cross_entropy_objective
+from reference_impls.core.recipe import Recipe, Students
+from reference_impls.core.training import StepLoss, aligned_logits
 from reference_impls.losses import hard_label_ce
 from reference_impls.registry import register
 from reference_impls.white_box.logits._cross_tokenizer import uld_loss
 
 
 @dataclass(frozen=True)
-class ULDStep:
+class ULDStep(StepLoss):
     """One ULD step: cross-entropy on the student's tokens plus λ·ULD against the teacher."""
 
     distil_factor: float = 1.5
@@ -79,8 +79,7 @@ def uld_recipe(
     """
     return Recipe(
         method_id="uld",
-        objective=cross_entropy_objective,  # the CE half; the ULD half needs both tokenizations
-        data_source=TeacherGenerated(),
-        step_loss=ULDStep(distil_factor, cross_entropy_factor, student_temperature, teacher_temperature),
-        cross_tokenizer=True,
+        data=TeacherGenerated(),
+        loss=ULDStep(distil_factor, cross_entropy_factor, student_temperature, teacher_temperature),
+        students=Students(tokenizer="pair"),  # its own tokenizer: batches carry both tokenizations
     )

@@ -49,6 +49,6 @@ def vanilla_kd_recipe(temperature: float = 2.0, alpha: float = 0.5) -> Recipe:
 
     return Recipe(
         method_id="vanilla-kd",
-        objective=objective,
-        data_source=DatasetResponses(),
+        data=DatasetResponses(),
+        loss=objective,
     )

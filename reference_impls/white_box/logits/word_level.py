@@ -38,8 +38,8 @@ def _word_level_recipe(method_id: str, divergence: Callable[..., Tensor], **hype
     """Pair a divergence (with its hyper-parameters bound) with the dataset's responses."""
     return Recipe(
         method_id=method_id,
-        objective=WordLevelObjective(method_id, divergence, dict(hyperparameters)),
-        data_source=DatasetResponses(),
+        data=DatasetResponses(),
+        loss=WordLevelObjective(method_id, divergence, dict(hyperparameters)),
     )
 
 

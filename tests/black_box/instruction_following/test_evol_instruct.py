@@ -165,7 +165,7 @@ def test_failed_evolutions_are_retried_next_round(tmp_path: Path) -> None:
 
 def test_the_pipeline_mixes_the_initial_pool_with_every_round(tmp_path: Path) -> None:
     context = make_context(tmp_path)
-    data = evol_instruct_recipe(num_initial=12, rounds=3).build_data(context)
+    data = evol_instruct_recipe(num_initial=12, rounds=3).data.build(context)
     stats = context.stats
     survivors = [stats[f"evol-instruct: round {r} survivors"] for r in (1, 2, 3)]
     assert stats["alpaca pool: kept"] == 12
@@ -188,7 +188,7 @@ def test_in_depth_share(share: float) -> None:
 def test_the_pipeline_asks_in_depth_four_times_in_five(tmp_path: Path) -> None:
     teacher = OracleTeacher()
     context = make_context(tmp_path, teacher)
-    evol_instruct_recipe(num_initial=40, rounds=4).build_data(context)
+    evol_instruct_recipe(num_initial=40, rounds=4).data.build(context)
     depth = sum(p.startswith("deepen: ") for p in teacher.prompts)
     breadth = sum(p.startswith("widen: ") for p in teacher.prompts)
     assert depth + breadth == 160
@@ -199,7 +199,7 @@ def test_a_teacher_that_answers_nothing_yields_no_data(tmp_path: Path) -> None:
     # It writes new instructions, but its answers and rewrites are empty.
     silent = OracleTeacher(mistakes=lambda prompt, text: text if prompt.startswith("new") else "")
     context = make_context(tmp_path, silent)
-    data = evol_instruct_recipe(num_initial=5, rounds=2).build_data(context)
+    data = evol_instruct_recipe(num_initial=5, rounds=2).data.build(context)
     assert data.examples == []
     assert context.stats["alpaca pool answers: dropped (empty)"] == 5
     assert context.stats[f"evol-instruct: eliminated ({RULE_MALFORMED})"] == 10

@@ -58,7 +58,7 @@ def test_sources_are_disjoint_from_the_test_split_and_shaped_as_stated() -> None
 
 def test_curation_drops_the_low_diversity_source_exactly(tmp_path: Path) -> None:
     context = make_context(tmp_path)
-    data = _recipe().build_data(context)
+    data = _recipe().data.build(context)
     stats = context.stats
     templated = collect_prompts("templated", SIZES["templated"])
     expected = len({e.response for e in templated}) / len(templated)  # the oracle's answers
@@ -76,7 +76,7 @@ def test_curation_drops_the_low_diversity_source_exactly(tmp_path: Path) -> None
 
 def test_without_the_diversity_rule_every_source_is_kept(tmp_path: Path) -> None:
     context = make_context(tmp_path)
-    data = _recipe(min_source_diversity=0.0).build_data(context)
+    data = _recipe(min_source_diversity=0.0).data.build(context)
     assert len(data.examples) == sum(SIZES.values())
     assert "gpt4all templated: dropped (low-diversity source)" not in context.stats
 
@@ -100,7 +100,7 @@ def test_failed_and_malformed_responses_are_counted_and_dropped(tmp_path: Path) 
         mistakes=mistakes, finish_reason=lambda prompt, text: "length" if prompt in cut_off else "stop"
     )
     context = make_context(tmp_path, teacher)
-    data = _recipe().build_data(context)
+    data = _recipe().data.build(context)
     stats = context.stats
     assert stats["gpt4all single: dropped (empty)"] == len(empty) == 10
     assert stats["gpt4all single: dropped (truncated)"] == len(cut_off) == 10
@@ -112,9 +112,9 @@ def test_failed_and_malformed_responses_are_counted_and_dropped(tmp_path: Path) 
 
 
 def test_rerun_is_served_from_the_cache(tmp_path: Path) -> None:
-    first = _recipe().build_data(make_context(tmp_path))
+    first = _recipe().data.build(make_context(tmp_path))
     again = OracleTeacher()
-    assert _recipe().build_data(make_context(tmp_path, again)).examples == first.examples
+    assert _recipe().data.build(make_context(tmp_path, again)).examples == first.examples
     assert again.calls == 0
 
 

@@ -33,10 +33,10 @@ def test_generation_defaults_are_alpacas() -> None:
 
 def test_alpacas_instructions_come_from_the_cache(tmp_path: Path) -> None:
     first = OracleTeacher()
-    alpaca = alpaca_recipe(num_instructions=12).build_data(make_context(tmp_path, first))
+    alpaca = alpaca_recipe(num_instructions=12).data.build(make_context(tmp_path, first))
     second = OracleTeacher()
     context = make_context(tmp_path, second)  # same cache file, fresh stats
-    data = gpt_4_llm_recipe(num_instructions=12).build_data(context)
+    data = gpt_4_llm_recipe(num_instructions=12).data.build(context)
     # No instruction is generated again ...
     assert not any(p.startswith("new") for p in second.prompts)
     assert context.stats["alpaca: kept"] == 12
@@ -49,9 +49,9 @@ def test_alpacas_instructions_come_from_the_cache(tmp_path: Path) -> None:
 
 
 def test_a_sampled_answer_teacher_makes_new_answer_requests(tmp_path: Path) -> None:
-    alpaca_recipe(num_instructions=10).build_data(make_context(tmp_path, OracleTeacher()))
+    alpaca_recipe(num_instructions=10).data.build(make_context(tmp_path, OracleTeacher()))
     second = OracleTeacher()
-    gpt_4_llm_recipe(num_instructions=10, answer_temperature=1.0, comparison_data=False).build_data(
+    gpt_4_llm_recipe(num_instructions=10, answer_temperature=1.0, comparison_data=False).data.build(
         make_context(tmp_path, second)
     )
     assert second.calls == 10 and not any(p.startswith("new") for p in second.prompts)
@@ -106,7 +106,7 @@ def test_bad_answers_are_dropped_before_training(tmp_path: Path) -> None:
         return "" if parsed is not None and "up" in parsed.task.split(" ") else text
 
     context = make_context(tmp_path, OracleTeacher(mistakes=mistakes))
-    data = gpt_4_llm_recipe(num_instructions=20).build_data(context)
+    data = gpt_4_llm_recipe(num_instructions=20).data.build(context)
     stats = context.stats
     dropped = stats["gpt-4-llm answers: dropped (empty)"]
     assert 0 < dropped < 20 and len(data.examples) == 20 - dropped

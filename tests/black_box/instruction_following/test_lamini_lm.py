@@ -29,7 +29,7 @@ def _requests(teacher: OracleTeacher) -> tuple[list[str], list[str], list[str]]:
 def test_pool_is_existing_plus_both_routes_all_answered_by_the_teacher(tmp_path: Path) -> None:
     teacher = OracleTeacher()
     context = make_context(tmp_path, teacher)
-    data = lamini_lm_recipe(num_instructions=30, topic_share=0.4).build_data(context)
+    data = lamini_lm_recipe(num_instructions=30, topic_share=0.4).data.build(context)
     stats = context.stats
     assert stats[f"{EXAMPLE_GUIDED}: kept"] == 18 and stats[f"{TOPIC_GUIDED}: kept"] == 12
     # The seeds (existing instructions) come first and are answered by the teacher too.
@@ -52,7 +52,7 @@ def test_pool_is_existing_plus_both_routes_all_answered_by_the_teacher(tmp_path:
 
 def test_one_rouge_pool_across_existing_and_both_routes(tmp_path: Path) -> None:
     context = make_context(tmp_path)
-    data = lamini_lm_recipe(num_instructions=40).build_data(context)
+    data = lamini_lm_recipe(num_instructions=40).data.build(context)
     pool = NoveltyFilter(threshold=0.7)
     for example in data.examples:  # in pool order: every one novel against all before it
         assert pool.max_similarity(example.segments[0][0]) <= 0.7
@@ -62,7 +62,7 @@ def test_one_rouge_pool_across_existing_and_both_routes(tmp_path: Path) -> None:
 
 def test_diversity_is_reported_per_route(tmp_path: Path) -> None:
     context = make_context(tmp_path)
-    data = lamini_lm_recipe(num_instructions=20).build_data(context)
+    data = lamini_lm_recipe(num_instructions=20).data.build(context)
     parsed = [suite.parse_instruction(e.segments[0][0]) for e in data.examples]
     stats = context.stats
     assert stats["lamini-lm existing: distinct tasks"] == len(suite.KINDS)  # 24 seeds, every kind
@@ -80,7 +80,7 @@ def test_diversity_is_reported_per_route(tmp_path: Path) -> None:
 def test_one_route_only(tmp_path: Path, share: float, example_requests: bool, topic_requests: bool) -> None:
     teacher = OracleTeacher()
     context = make_context(tmp_path, teacher)
-    lamini_lm_recipe(num_instructions=10, topic_share=share).build_data(context)
+    lamini_lm_recipe(num_instructions=10, topic_share=share).data.build(context)
     example, topic, _ = _requests(teacher)
     assert bool(example) == example_requests and bool(topic) == topic_requests
 
@@ -95,7 +95,7 @@ def test_bad_generations_and_answers_are_counted_and_dropped(tmp_path: Path) -> 
 
     teacher = OracleTeacher(mistakes=mistakes)
     context = make_context(tmp_path, teacher)
-    data = lamini_lm_recipe(num_instructions=30).build_data(context)
+    data = lamini_lm_recipe(num_instructions=30).data.build(context)
     stats = context.stats
     # The last round stops at the target: the first `generated` topic requests were read.
     topic = _requests(teacher)[1][: stats[f"{TOPIC_GUIDED}: generated"]]
@@ -110,9 +110,9 @@ def test_bad_generations_and_answers_are_counted_and_dropped(tmp_path: Path) -> 
 
 def test_rerun_is_served_from_the_cache(tmp_path: Path) -> None:
     recipe = lamini_lm_recipe(num_instructions=16)
-    first = recipe.build_data(make_context(tmp_path))
+    first = recipe.data.build(make_context(tmp_path))
     again = OracleTeacher()
-    assert recipe.build_data(make_context(tmp_path, again)).examples == first.examples
+    assert recipe.data.build(make_context(tmp_path, again)).examples == first.examples
     assert again.calls == 0
 
 

@@ -108,7 +108,7 @@ def _run(
     monkeypatch.setattr(context, "fine_tune", fine_tune)
     monkeypatch.setattr(context, "student_answers", student_answers)
     monkeypatch.setattr(lion, "generate_from", generate_from)
-    data = lion_recipe(referee=referee, **kw).build_data(context)
+    data = lion_recipe(referee=referee, **kw).data.build(context)
     return context, data, stages, generations, teacher
 
 
@@ -177,7 +177,7 @@ def test_teacher_referee_agrees_with_exact_on_an_exact_judge(
 
 def test_a_real_student_runs_the_loop(tmp_path: Path) -> None:
     context = make_context(tmp_path, steps=2)
-    data = lion_recipe(num_initial=4, iterations=1, new_per_iteration=2).build_data(context)
+    data = lion_recipe(num_initial=4, iterations=1, new_per_iteration=2).data.build(context)
     assert data.student is not None and len(context.stats["curve"]) == 2
     assert context.stats["iteration 1: hard"] + context.stats["iteration 1: easy"] == 4
 
@@ -187,7 +187,7 @@ def test_empty_teacher_answers_make_nothing_hard(tmp_path: Path, monkeypatch: py
     context = make_context(tmp_path, teacher, steps=2)
     monkeypatch.setattr(context, "fine_tune", lambda model, examples, steps, description: [0.0] * steps)
     monkeypatch.setattr(context, "student_answers", lambda model, prompts: ["?"] * len(prompts))
-    data = lion_recipe(num_initial=6, iterations=1, new_per_iteration=2).build_data(context)
+    data = lion_recipe(num_initial=6, iterations=1, new_per_iteration=2).data.build(context)
     assert data.examples == []
     assert context.stats["iteration 1: hard"] == 0
 

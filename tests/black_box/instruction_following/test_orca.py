@@ -12,8 +12,7 @@ from reference_impls.black_box.instruction_following.orca import (
     explanation_problem,
     orca_recipe,
 )
-from reference_impls.black_box.pipeline import PipelineConfig
-from reference_impls.run.black_box import run_pipeline
+from reference_impls.run import RunConfig, run_recipe
 from reference_impls.tasks import instructions as suite
 from reference_impls.tasks.strings import Example, extract_answer
 from tests.support.fakes import OracleTeacher, make_context
@@ -60,7 +59,7 @@ def test_system_message_is_paired_with_each_query_and_kept_in_the_training_promp
 ) -> None:
     teacher = OracleTeacher()
     context = make_context(tmp_path, teacher)
-    data = orca_recipe(num_queries=30, system=system).build_data(context)
+    data = orca_recipe(num_queries=30, system=system).data.build(context)
     queries = suite.make_instructions("train", 30)
     prompts = [suite.conversation_prompt([], q.prompt, system=system) for q in queries]
     assert teacher.prompts == prompts  # one request per query, under its system message
@@ -76,7 +75,7 @@ def test_system_message_is_paired_with_each_query_and_kept_in_the_training_promp
 
 def test_mixed_draws_one_message_per_query_and_the_response_follows_it(tmp_path: Path) -> None:
     context = make_context(tmp_path)
-    data = orca_recipe(num_queries=40, system="mixed").build_data(context)
+    data = orca_recipe(num_queries=40, system="mixed").data.build(context)
     systems = [e.segments[0][0].split(suite.TURN_SEPARATOR)[0] for e in data.examples]
     assert set(systems) == {"explain", "brief"}
     assert context.stats["orca: kept under 'explain'"] + context.stats["orca: kept under 'brief'"] == 40
@@ -125,10 +124,10 @@ def test_an_explanation_under_brief_is_dropped(tmp_path: Path) -> None:
 
 
 def test_end_to_end_is_scored_on_explained_answers(tmp_path: Path) -> None:
-    config = PipelineConfig(
+    config = RunConfig(
         device="cpu", steps=2, eval_size=9, cache=str(tmp_path / "c.jsonl"), progress=False
     )
-    result = run_pipeline(orca_recipe(num_queries=12), config, teacher=OracleTeacher())
+    result = run_recipe(orca_recipe(num_queries=12), config, teacher=OracleTeacher())
     assert result.config["evaluation"]["name"] == "explained"
     assert result.metrics["teacher"]["exact_match"] == 1.0  # the oracle's "steps => answer", read after "=>"
     assert result.config["hyperparameters"] == {"num_queries": 12, "system": "explain"}

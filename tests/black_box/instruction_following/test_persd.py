@@ -14,8 +14,7 @@ from reference_impls.black_box.instruction_following.persd import (
     personalised_examples,
     refine_failures,
 )
-from reference_impls.black_box.pipeline import PipelineConfig
-from reference_impls.run.black_box import run_pipeline
+from reference_impls.run import RunConfig, run_recipe
 from reference_impls.tasks import instructions as suite
 from tests.support.fakes import OracleTeacher, make_context
 
@@ -79,7 +78,7 @@ def test_pipeline_sends_the_students_failures_only_and_trains_the_attempting_stu
     teacher = OracleTeacher()
     context = make_context(tmp_path, teacher, steps=2)
     recipe = persd_recipe(num_tasks=12, task_source="suite", variant="refine", epochs=1)
-    data = recipe.build_data(context)
+    data = recipe.data.build(context)
     tasks = {t.prompt: t for t in suite.make_instructions("train", 12)}
     prompts = fix_prompts(teacher)
     assert prompts == teacher.prompts  # suite tasks: the teacher is asked for refinements only
@@ -94,11 +93,11 @@ def test_pipeline_sends_the_students_failures_only_and_trains_the_attempting_stu
 
 
 def test_bootstrapped_tasks_end_to_end(tmp_path: Path) -> None:
-    config = PipelineConfig(
+    config = RunConfig(
         device="cpu", steps=2, eval_size=8, cache=str(tmp_path / "cache.jsonl"), progress=False
     )
     teacher = OracleTeacher()
-    result = run_pipeline(persd_recipe(num_tasks=8, epochs=1), config, teacher=teacher)
+    result = run_recipe(persd_recipe(num_tasks=8, epochs=1), config, teacher=teacher)
     stats = result.config["pipeline"]
     assert stats["persd tasks: kept"] == stats["attempts"] == 8
     assert stats["refinements kept"] == stats["refinements requested"]

@@ -216,7 +216,7 @@ def test_bad_hyperparameters_are_refused() -> None:
 
 def test_reflection_tuning_recycles_every_pair(tmp_path: Path) -> None:
     context = make_context(tmp_path)
-    data = reflection_tuning_recipe(num_instructions=12).build_data(context)
+    data = reflection_tuning_recipe(num_instructions=12).data.build(context)
     recycled = [(e.segments[0][0], e.segments[1][0]) for e in data.examples]
     pool = alpaca_pool(context, 12)  # the same requests: answered from the cache
     assert len(recycled) == len(pool) == 12
@@ -231,7 +231,7 @@ def test_reflection_tuning_recycles_every_pair(tmp_path: Path) -> None:
 
 def test_selective_reflection_end_to_end_with_an_exact_teacher(tmp_path: Path) -> None:
     context = make_context(tmp_path)
-    data = selective_reflection_recipe(num_instructions=6, scorer_steps=2).build_data(context)
+    data = selective_reflection_recipe(num_instructions=6, scorer_steps=2).data.build(context)
     stats = context.stats
     decisions = {k: v for k, v in stats.items() if k.startswith("selection: ") and k != "selection: kept"}
     assert sum(decisions.values()) == 6
@@ -244,6 +244,6 @@ def test_selective_reflection_end_to_end_with_an_exact_teacher(tmp_path: Path) -
     recipe = selective_reflection_recipe(
         num_instructions=6, scorer_steps=2, keep_rejected_responses=True, score_ceiling=math.inf
     )
-    data = recipe.build_data(context)
+    data = recipe.data.build(context)
     assert len(data.examples) == 6 == context.stats["selection: kept"]
     assert context.stats["selected: responses correct"] == 1.0

@@ -13,9 +13,8 @@ from reference_impls.black_box.instruction_following.universalner import (
     sample_passages,
     universalner_recipe,
 )
-from reference_impls.black_box.pipeline import PipelineConfig
 from reference_impls.core.sft import TrainingExample
-from reference_impls.run.black_box import run_pipeline
+from reference_impls.run import RunConfig, run_recipe
 from reference_impls.tasks import instructions as suite
 from tests.support.fakes import OracleTeacher, make_context
 
@@ -55,7 +54,7 @@ def test_absent_types_become_none_queries_and_present_ones_keep_the_teachers_ent
         return "digit 7" if prompt == suite.annotate_prompt(wrong) else text
 
     context = make_context(tmp_path, OracleTeacher(mistakes=mistakes))
-    data = universalner_recipe(num_passages=8).build_data(context)
+    data = universalner_recipe(num_passages=8).data.build(context)
     grouped = by_passage(data.examples)
     assert set(grouped) == set(PASSAGES)
     for passage, answers in grouped.items():
@@ -89,7 +88,7 @@ def test_malformed_empty_and_truncated_annotations_are_dropped_and_counted(tmp_p
         finish_reason=lambda prompt, text: "length" if prompt == truncated else "stop",
     )
     context = make_context(tmp_path, teacher)
-    data = universalner_recipe(num_passages=8).build_data(context)
+    data = universalner_recipe(num_passages=8).data.build(context)
     assert set(by_passage(data.examples)) == set(PASSAGES[5:])
     assert context.stats["annotations dropped (malformed)"] == 3
     assert context.stats["annotations dropped (empty)"] == 1
@@ -102,7 +101,7 @@ def test_without_negative_sampling_there_are_no_none_queries(tmp_path: Path) -> 
     teacher = OracleTeacher(mistakes=lambda prompt, text: suite.NO_ENTITY if prompt == empty else text)
     context = make_context(tmp_path, teacher)
     recipe = universalner_recipe(num_passages=8, negative_sampling=False, conversation=False)
-    data = recipe.build_data(context)
+    data = recipe.data.build(context)
     answers = [a for example in data.examples for a in queries(example).values()]
     assert suite.NO_ENTITY not in answers
     assert "negative queries" not in context.stats
@@ -128,10 +127,10 @@ def test_bad_hyperparameters_name_the_parameter() -> None:
 
 
 def test_end_to_end_is_scored_on_typed_queries(tmp_path: Path) -> None:
-    config = PipelineConfig(
+    config = RunConfig(
         device="cpu", steps=2, eval_size=8, cache=str(tmp_path / "cache.jsonl"), progress=False
     )
-    result = run_pipeline(universalner_recipe(num_passages=10), config, teacher=OracleTeacher())
+    result = run_recipe(universalner_recipe(num_passages=10), config, teacher=OracleTeacher())
     assert result.metrics["teacher"]["exact_match"] == 1.0
     assert {"exact_match (negative queries)", "exact_match (positive queries)"} <= set(
         result.metrics["distilled"]

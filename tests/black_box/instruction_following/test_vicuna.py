@@ -13,10 +13,9 @@ from reference_impls.black_box.instruction_following.vicuna import (
     split_conversation,
     vicuna_recipe,
 )
-from reference_impls.black_box.pipeline import PipelineConfig
 from reference_impls.core.sft import TrainingExample, encode_example
 from reference_impls.core.tokenizer import build_tokenizer
-from reference_impls.run.black_box import run_pipeline
+from reference_impls.run import RunConfig, run_recipe
 from reference_impls.tasks import instructions as suite
 from reference_impls.teachers.text import Completion
 from tests.support.fakes import OracleTeacher, make_context
@@ -52,7 +51,7 @@ def test_loss_on_all_supervises_every_token_but_bos() -> None:
 def test_pipeline_examples_carry_the_requested_mask(tmp_path: Path) -> None:
     for loss_on in ("assistant", "all"):
         context = make_context(tmp_path / loss_on)
-        data = vicuna_recipe(num_conversations=6, loss_on=loss_on).build_data(context)
+        data = vicuna_recipe(num_conversations=6, loss_on=loss_on).data.build(context)
         assert len(data.examples) == 6
         for example in data.examples:
             users = [text for text, supervised in example.segments[::2]]
@@ -127,7 +126,7 @@ def test_pipeline_counts_drops_and_trains_only_on_kept_conversations(tmp_path: P
     poisoned = {c.turns[-1][0] for c in users[:4]}  # the last turn of 4 conversations comes back empty
     teacher = OracleTeacher(mistakes=lambda p, t: "" if p.split(suite.TURN_SEPARATOR)[-1] in poisoned else t)
     context = make_context(tmp_path, teacher)
-    data = vicuna_recipe(num_conversations=20).build_data(context)
+    data = vicuna_recipe(num_conversations=20).data.build(context)
     assert context.stats["vicuna: conversations dropped (empty assistant turn)"] == 4
     assert context.stats["vicuna: conversations kept"] == len(data.examples) == 16
     assert context.stats["vicuna: teacher answers correct"] == 1.0
@@ -158,7 +157,7 @@ def test_long_conversations_are_split_into_whole_turn_pieces() -> None:
 
 def test_pipeline_splits_with_max_length(tmp_path: Path) -> None:
     context = make_context(tmp_path)
-    data = vicuna_recipe(num_conversations=10, max_length=30).build_data(context)
+    data = vicuna_recipe(num_conversations=10, max_length=30).data.build(context)
     assert context.stats["vicuna: conversations split"] > 0
     assert len(data.examples) > 10
     assert all(len(encode_example(context.tokenizer, e)[0]) <= 30 for e in data.examples)
@@ -168,10 +167,10 @@ def test_pipeline_splits_with_max_length(tmp_path: Path) -> None:
 
 
 def test_end_to_end_is_scored_on_conversations(tmp_path: Path) -> None:
-    config = PipelineConfig(
+    config = RunConfig(
         device="cpu", steps=3, eval_size=12, cache=str(tmp_path / "c.jsonl"), progress=False
     )
-    result = run_pipeline(vicuna_recipe(num_conversations=12), config, teacher=OracleTeacher())
+    result = run_recipe(vicuna_recipe(num_conversations=12), config, teacher=OracleTeacher())
     assert result.config["evaluation"]["name"] == "conversations"
     assert result.metrics["teacher"]["exact_match"] == 1.0
     assert {"exact_match (2 turns)", "exact_match (3 turns)"} <= set(result.metrics["distilled"])

@@ -87,5 +87,5 @@ def test_source_draws_student_samples_only_when_needed() -> None:
 def test_recipe_checks_its_divergence() -> None:
     with pytest.raises(ValueError, match="kl, rkl, js, tvd"):
         fdistill_recipe(divergence="hellinger")
-    assert fdistill_recipe("kl").data_source.need_student is False
+    assert fdistill_recipe("kl").data.need_student is False
     assert FDistillStep("rkl").divergence == "rkl"

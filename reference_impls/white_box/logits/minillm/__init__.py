@@ -49,10 +49,9 @@ import torch
 from torch import Tensor
 
 from reference_impls.core.data_sources import OnlineSource
-from reference_impls.core.logits_loss import WordLevelObjective
 from reference_impls.core.recipe import Recipe
-from reference_impls.core.training import aligned_logits
-from reference_impls.losses import IGNORE_INDEX, reverse_kl
+from reference_impls.core.training import StepLoss, aligned_logits
+from reference_impls.losses import IGNORE_INDEX
 from reference_impls.registry import register
 from reference_impls.white_box.logits.minillm.objective import (
     MiniLLMLoss,
@@ -156,7 +155,7 @@ def _responses(logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor, Tensor]:
 
 
 @dataclass(frozen=True)
-class MiniLLMStep:
+class MiniLLMStep(StepLoss):
     """One MiniLLM optimizer step (a `StepLoss`): PG + single-step KL + LM term, via `minillm_loss`."""
 
     teacher_mix: float = 0.2
@@ -236,9 +235,6 @@ def minillm_recipe(
     )
     return Recipe(
         method_id="minillm",
-        objective=WordLevelObjective(
-            "minillm", reverse_kl, {"temperature": temperature}
-        ),  # the single-step term
-        data_source=MiniLLMRollouts(teacher_mix=teacher_mix, ppo_epochs=ppo_epochs, temperature=temperature),
-        step_loss=step,
+        data=MiniLLMRollouts(teacher_mix=teacher_mix, ppo_epochs=ppo_epochs, temperature=temperature),
+        loss=step,
     )
