@@ -16,6 +16,7 @@ import re
 from collections.abc import Iterable
 
 from reference_impls.core.metrics import lcs_length
+from reference_impls.losses.numerics import check_unit_interval
 from reference_impls.teachers.text import Completion
 
 NOVELTY_THRESHOLD = 0.7  # Self-Instruct: keep an instruction only if ROUGE-L <= 0.7 to the pool
@@ -44,8 +45,7 @@ class NoveltyFilter:
     """
 
     def __init__(self, pool: Iterable[str] = (), threshold: float = NOVELTY_THRESHOLD) -> None:
-        if not 0.0 <= threshold <= 1.0:
-            raise ValueError(f"threshold must be in [0, 1], got {threshold}")
+        check_unit_interval("threshold", threshold)
         self.threshold = threshold
         self._pool: list[list[str]] = []
         for text in pool:

@@ -10,7 +10,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Mapping
+import tempfile
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -49,9 +51,23 @@ def read_json(path: Path) -> dict[str, Any] | None:
         return None
 
 
-def write_json_atomically(path: Path, payload: Mapping[str, Any]) -> None:
-    """Write then rename: a reader never sees a half-written file."""
+@contextmanager
+def staged(path: Path) -> Iterator[Path]:
+    """A sibling file to write ``path``'s new content into: it replaces ``path`` in one rename when
+    the block succeeds and is removed when it fails, so a reader (or a crash) never sees half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    staging = path.with_suffix(f".{os.getpid()}.tmp")
-    staging.write_text(json.dumps(payload, indent=2))
-    os.replace(staging, path)
+    handle, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(handle)
+    staging = Path(name)
+    try:
+        yield staging
+        os.replace(staging, path)
+    except BaseException:
+        staging.unlink(missing_ok=True)
+        raise
+
+
+def write_json_atomically(path: Path, payload: Mapping[str, Any]) -> None:
+    """``payload`` as indented JSON in ``path``, written through `staged`."""
+    with staged(path) as staging:
+        staging.write_text(json.dumps(payload, indent=2))

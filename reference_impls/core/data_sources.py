@@ -32,6 +32,7 @@ from torch import Tensor
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from reference_impls.core.generation import generate_responses
+from reference_impls.losses.numerics import check_unit_interval
 from reference_impls.tasks.strings import Example
 
 
@@ -158,11 +159,6 @@ class OnlineSource(DataSource):
         `validation_interval` steps."""
 
 
-def _check_probability(name: str, value: float) -> None:
-    if not 0.0 <= value <= 1.0:
-        raise ValueError(f"{name} must be in [0, 1], got {value}")
-
-
 @dataclass
 class MixedStudentData(OnlineSource):
     """GKD's mixture (Agarwal et al., ICLR 2024): at each step, with probability λ the student's
@@ -186,7 +182,7 @@ class MixedStudentData(OnlineSource):
     _rng: random.Random = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        _check_probability("lam (λ)", self.lam)
+        check_unit_interval("lam (λ)", self.lam)
         if self.temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {self.temperature}")
         self._rng = random.Random(self.seed)
@@ -256,7 +252,7 @@ class AdaptiveStudentReplay(OnlineSource):
     _rng: random.Random = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        _check_probability("init_threshold", self.init_threshold)
+        check_unit_interval("init_threshold", self.init_threshold)
         if self.capacity < 1 or self.validations < 1:
             raise ValueError("capacity and validations must be ≥ 1")
         if self.temperature <= 0:

@@ -30,6 +30,7 @@ from transformers import PreTrainedModel
 
 from reference_impls.core.generation import _left_pad
 from reference_impls.core.training import collate
+from reference_impls.losses.numerics import check_in_range, check_unit_interval
 
 
 def prompt_ids(batch: dict[str, Tensor]) -> list[list[int]]:
@@ -120,14 +121,12 @@ def sample_continuations(
     """
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
-    if not 0.0 <= mix_alpha <= 1.0:
-        raise ValueError(f"mix_alpha must be in [0, 1], got {mix_alpha}")
+    check_unit_interval("mix_alpha", mix_alpha)
     if mix_alpha > 0 and mix_model is None:
         raise ValueError("mix_alpha > 0 needs a mix_model (the teacher) to mix with")
     if any(len(p) == 0 for p in prompts):
         raise ValueError("every prompt needs at least one token (the BOS token)")
-    if not 0.0 < top_p <= 1.0:
-        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+    check_in_range("top_p", top_p, 0.0, 1.0, open_low=True)
     if row_generators is not None and len(row_generators) != len(prompts):
         raise ValueError(f"{len(row_generators)} row generators for {len(prompts)} prompts")
     if not prompts or max_new_tokens <= 0:

@@ -32,9 +32,17 @@ class VocabularyMismatchError(ValueError):
         self.teacher_vocab = teacher_vocab
 
 
+def check_in_range(name: str, value: float, low: float, high: float, *, open_low: bool = False) -> None:
+    """Raise ``ValueError("{name} must be in [low, high], got value")`` unless ``value`` is in
+    ``[low, high]`` (``(low, high]`` with ``open_low``): the one range check of every hyper-parameter."""
+    inside = (low < value if open_low else low <= value) and value <= high  # also rejects NaN
+    if not inside:
+        raise ValueError(f"{name} must be in {'(' if open_low else '['}{low:g}, {high:g}], got {value}")
+
+
 def check_unit_interval(name: str, value: float) -> None:
-    if not 0.0 <= value <= 1.0:  # also rejects NaN
-        raise ValueError(f"{name} must be in [0, 1], got {value}")
+    """``value`` is a probability or a mixture weight: in [0, 1]."""
+    check_in_range(name, value, 0.0, 1.0)
 
 
 def check_labels(logits: Tensor, labels: Tensor | None) -> None:

@@ -21,8 +21,10 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
@@ -58,11 +60,20 @@ class TeacherRecipe:
 QUICK_RECIPE = TeacherRecipe(steps=3, batch_size=8, train_size=64, task_mix=TASK_NAMES)
 
 
+def entry_key(suite_version: str, identity: dict[str, Any]) -> str:
+    """``<suite version>-<hash>`` of what determines an embedded teacher's weights (its config,
+    vocabulary, recipe and a sample of its training data). Both embedded teachers are keyed so."""
+    identity = {**identity, "suite": suite_version}
+    if isinstance(identity.get("config"), dict):
+        # transformers_version changes with the library but not the weights: keep it out of the key.
+        identity["config"] = {k: v for k, v in identity["config"].items() if k != "transformers_version"}
+    return f"{suite_version}-{hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:12]}"
+
+
 def teacher_key(recipe: TeacherRecipe) -> str:
-    """``<suite version>-<hash>`` of the config, vocabulary and recipe that determine the weights."""
+    """The cache key of the string-suite teacher trained with ``recipe``."""
     tokenizer = build_tokenizer()
     identity = {
-        "suite": SUITE_VERSION,
         # A sample of the training data: catches generator edits that forgot to bump the version.
         "sample": [
             (e.prompt, e.response) for e in make_split("train", 64, seed=recipe.seed, tasks=recipe.task_mix)
@@ -71,10 +82,7 @@ def teacher_key(recipe: TeacherRecipe) -> str:
         "vocab": sorted(tokenizer.get_vocab().items()),
         "recipe": asdict(recipe),
     }
-    # transformers_version changes with the library but not the weights: keep it out of the key.
-    identity["config"].pop("transformers_version", None)
-    digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:12]
-    return f"{SUITE_VERSION}-{digest}"
+    return entry_key(SUITE_VERSION, identity)
 
 
 def teacher_dir(recipe: TeacherRecipe = TeacherRecipe()) -> Path:
@@ -122,17 +130,31 @@ def load_or_train_teacher(
     Returns:
         ``(model, tokenizer)``, the model in eval mode on ``device``.
     """
-    target = teacher_dir(recipe)
-    if not is_complete(target):
+
+    def build() -> tuple[PreTrainedModel, PreTrainedTokenizerBase, dict[str, Any]]:
         model, tokenizer = train_teacher(recipe, str(device), progress)
         test = make_split("test", 210, seed=recipe.seed)
         predictions = generate_responses(model, tokenizer, [e.prompt for e in test])
-        card = {
-            "key": target.name,
-            "recipe": asdict(recipe),
-            "test_exact_match": exact_match(predictions, test),
-        }
-        save_entry(target, model, tokenizer, card)
+        card = {"recipe": asdict(recipe), "test_exact_match": exact_match(predictions, test)}
+        return model, tokenizer, card
+
+    return load_or_build(teacher_dir(recipe), device, build)
+
+
+def load_or_build(
+    target: Path,
+    device: str | torch.device,
+    build: Callable[[], tuple[PreTrainedModel, PreTrainedTokenizerBase, dict[str, Any]]],
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """The one builder of every embedded teacher: the cache entry ``target`` if it is complete, else
+    ``build()`` (train; return model, tokenizer and its card), saved atomically, then loaded.
+
+    Loading what was saved (rather than returning the trained model) makes a first run and every
+    later run use exactly the same weights.
+    """
+    if not is_complete(target):
+        model, tokenizer, card = build()
+        save_entry(target, model, tokenizer, {"key": target.name, **card})
     return load_entry(target, device)
 
 

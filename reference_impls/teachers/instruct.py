@@ -13,11 +13,10 @@ is what the pipelines' filters are for.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import random
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -29,7 +28,7 @@ from reference_impls.core.sft import TrainingExample, bucketed_loader
 from reference_impls.core.tokenizer import build_tokenizer
 from reference_impls.core.training import cross_entropy_objective, train_student
 from reference_impls.tasks import instructions as suite
-from reference_impls.teachers.embedded import is_complete, load_entry, save_entry
+from reference_impls.teachers.embedded import entry_key, load_or_build
 
 TEACHER_MESSAGE = (
     "Training the embedded instruction teacher (first use only, about 10 minutes on 2 CPU cores; "
@@ -63,15 +62,12 @@ def instruct_teacher_dir(recipe: InstructTeacherRecipe = InstructTeacherRecipe()
     """Where the teacher trained with ``recipe`` is (or will be) cached."""
     tokenizer = build_tokenizer()
     identity = {
-        "suite": suite.SUITE_VERSION,
         "sample": suite.teacher_training_pairs(64, seed=recipe.seed),
         "config": _config(recipe, tokenizer).to_dict(),
         "vocab": sorted(tokenizer.get_vocab().items()),
         "recipe": asdict(recipe),
     }
-    identity["config"].pop("transformers_version", None)
-    digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:12]
-    return cache_root() / "teachers" / f"{suite.SUITE_VERSION}-{digest}"
+    return cache_root() / "teachers" / entry_key(suite.SUITE_VERSION, identity)
 
 
 def meta_task_accuracy(
@@ -153,13 +149,10 @@ def load_or_train_instruct_teacher(
     recipe: InstructTeacherRecipe = InstructTeacherRecipe(),
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """The cached instruction teacher and its tokenizer; trains and caches it on first use."""
-    target = instruct_teacher_dir(recipe)
-    if not is_complete(target):
+
+    def build() -> tuple[PreTrainedModel, PreTrainedTokenizerBase, dict[str, Any]]:
         model, tokenizer = train_instruct_teacher(recipe, str(device), progress)
-        card = {
-            "key": target.name,
-            "recipe": asdict(recipe),
-            "meta_task_accuracy": meta_task_accuracy(model.eval(), tokenizer),
-        }
-        save_entry(target, model, tokenizer, card)
-    return load_entry(target, device)
+        card = {"recipe": asdict(recipe), "meta_task_accuracy": meta_task_accuracy(model.eval(), tokenizer)}
+        return model, tokenizer, card
+
+    return load_or_build(instruct_teacher_dir(recipe), device, build)

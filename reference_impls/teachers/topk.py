@@ -76,7 +76,6 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -89,6 +88,7 @@ from safetensors.torch import save_file
 from torch import Tensor
 from transformers import PreTrainedModel
 
+from reference_impls.core.cache import staged
 from reference_impls.core.training import collate, next_token_view
 from reference_impls.losses.numerics import IGNORE_INDEX, Reduction, finite_log_softmax, reduce_positions
 
@@ -387,16 +387,8 @@ def precompute_topk(
 
 
 def _write_atomically(path: Path, tensors: dict[str, Tensor], metadata: dict[str, str]) -> Path:
-    # A reader (or a crash) never sees a half-written file: write a sibling, then rename over.
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, staging = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(handle)
-    try:
-        save_file({name: t.contiguous() for name, t in tensors.items()}, staging, metadata=metadata)
-        os.replace(staging, path)
-    except BaseException:
-        Path(staging).unlink(missing_ok=True)
-        raise
+    with staged(path) as staging:
+        save_file({name: t.contiguous() for name, t in tensors.items()}, str(staging), metadata=metadata)
     return path
 
 

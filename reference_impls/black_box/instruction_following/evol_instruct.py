@@ -52,6 +52,7 @@ from reference_impls.black_box.instruction_following._bootstrap import (
 from reference_impls.black_box.pipeline import DistilledData, PipelineContext, TextPipeline
 from reference_impls.core.recipe import Recipe
 from reference_impls.core.sft import TrainingExample
+from reference_impls.losses.numerics import check_unit_interval
 from reference_impls.registry import register
 from reference_impls.tasks import instructions as suite
 from reference_impls.tasks.strings import Example
@@ -188,8 +189,7 @@ def evol_instruct_recipe(
             f"num_initial and prompt_instructions must be >= 1 and rounds >= 0, got num_initial="
             f"{num_initial}, prompt_instructions={prompt_instructions}, rounds={rounds}"
         )
-    if not 0.0 <= in_depth_share <= 1.0:
-        raise ValueError(f"in_depth_share must be in [0, 1], got {in_depth_share}")
+    check_unit_interval("in_depth_share", in_depth_share)
     if temperature < 0 or not 0.0 < top_p <= 1.0:
         raise ValueError(f"temperature must be >= 0 and top_p in (0, 1], got {temperature}, {top_p}")
     settings = GenerationSettings(

@@ -39,6 +39,7 @@ from reference_impls.black_box.filters import count, response_problem
 from reference_impls.black_box.pipeline import DistilledData, PipelineContext, TextPipeline
 from reference_impls.core.recipe import Recipe
 from reference_impls.core.sft import TrainingExample
+from reference_impls.losses.numerics import check_unit_interval
 from reference_impls.registry import register
 from reference_impls.tasks import instructions as suite
 from reference_impls.tasks.strings import Example
@@ -111,8 +112,7 @@ def gpt4all_recipe(
         raise ValueError(
             "at least one of single_prompts, conversation_prompts, templated_prompts must be >= 1"
         )
-    if not 0.0 <= min_source_diversity <= 1.0:
-        raise ValueError(f"min_source_diversity must be in [0, 1], got {min_source_diversity}")
+    check_unit_interval("min_source_diversity", min_source_diversity)
 
     def build(context: PipelineContext) -> DistilledData:
         stats, examples = context.stats, []

@@ -43,6 +43,7 @@ from reference_impls.black_box.instruction_following.alpaca import alpaca_instru
 from reference_impls.black_box.pipeline import DistilledData, PipelineContext, TextPipeline
 from reference_impls.core.recipe import Recipe
 from reference_impls.core.sft import TrainingExample
+from reference_impls.losses.numerics import check_in_range, check_unit_interval
 from reference_impls.registry import register
 from reference_impls.tasks import instructions as suite
 from reference_impls.tasks.strings import Example
@@ -146,10 +147,8 @@ def gpt_4_llm_recipe(
     ):
         if value < 0.0:
             raise ValueError(f"{name} must be >= 0, got {value}")
-    if not 0.0 < top_p <= 1.0:
-        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
-    if not 0.0 <= novelty_threshold <= 1.0:
-        raise ValueError(f"novelty_threshold must be in [0, 1], got {novelty_threshold}")
+    check_in_range("top_p", top_p, 0.0, 1.0, open_low=True)
+    check_unit_interval("novelty_threshold", novelty_threshold)
     settings = alpaca_settings(prompt_instructions, temperature, top_p, novelty_threshold)
 
     def build(context: PipelineContext) -> DistilledData:

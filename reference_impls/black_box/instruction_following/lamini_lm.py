@@ -44,6 +44,7 @@ from reference_impls.black_box.instruction_following._bootstrap import (
 )
 from reference_impls.black_box.pipeline import DistilledData, PipelineContext, TextPipeline
 from reference_impls.core.recipe import Recipe
+from reference_impls.losses.numerics import check_in_range, check_unit_interval
 from reference_impls.registry import register
 from reference_impls.tasks import instructions as suite
 from reference_impls.tasks.strings import Example
@@ -91,16 +92,13 @@ def lamini_lm_recipe(
     """
     if num_instructions < 1:
         raise ValueError(f"num_instructions must be >= 1, got {num_instructions}")
-    if not 0.0 <= topic_share <= 1.0:
-        raise ValueError(f"topic_share must be in [0, 1], got {topic_share}")
+    check_unit_interval("topic_share", topic_share)
     if prompt_examples < 1:
         raise ValueError(f"prompt_examples must be >= 1, got {prompt_examples}")
     if temperature < 0.0:
         raise ValueError(f"temperature must be >= 0, got {temperature}")
-    if not 0.0 < top_p <= 1.0:
-        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
-    if not 0.0 <= novelty_threshold <= 1.0:
-        raise ValueError(f"novelty_threshold must be in [0, 1], got {novelty_threshold}")
+    check_in_range("top_p", top_p, 0.0, 1.0, open_low=True)
+    check_unit_interval("novelty_threshold", novelty_threshold)
     settings = GenerationSettings(
         human_demos=prompt_examples,
         machine_demos=0,  # demonstrations come from the existing sets, not from generations

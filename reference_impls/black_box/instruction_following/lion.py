@@ -53,6 +53,7 @@ from reference_impls.black_box.instruction_following._bootstrap import (
 from reference_impls.black_box.pipeline import DistilledData, PipelineContext, TextPipeline
 from reference_impls.core.recipe import Recipe
 from reference_impls.core.sft import TrainingExample
+from reference_impls.losses.numerics import check_unit_interval
 from reference_impls.registry import register
 from reference_impls.tasks import instructions as suite
 from reference_impls.tasks.strings import Example
@@ -160,8 +161,7 @@ def lion_recipe(
             "num_initial and prompt_instructions must be >= 1, iterations and new_per_iteration >= 0; got "
             f"{num_initial}, {prompt_instructions}, {iterations}, {new_per_iteration}"
         )
-    if not 0.0 <= hard_share <= 1.0:
-        raise ValueError(f"hard_share must be in [0, 1], got {hard_share}")
+    check_unit_interval("hard_share", hard_share)
     if referee not in REFEREES:
         raise ValueError(f"referee must be one of {', '.join(REFEREES)}, got {referee!r}")
     if not 0.0 < hard_threshold <= SCORE_RIGHT - SCORE_WRONG:

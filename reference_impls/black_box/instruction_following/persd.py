@@ -56,6 +56,7 @@ from reference_impls.black_box.pipeline import MAX_NEW_TOKENS, DistilledData, Pi
 from reference_impls.core.generation import generate_responses
 from reference_impls.core.recipe import Recipe
 from reference_impls.core.sft import TrainingExample
+from reference_impls.losses.numerics import check_in_range
 from reference_impls.registry import register
 from reference_impls.tasks import instructions as suite
 from reference_impls.tasks.strings import Example
@@ -177,8 +178,7 @@ def persd_recipe(
         raise ValueError(f"task_source must be one of {', '.join(TASK_SOURCES)}, got {task_source!r}")
     if variant not in VARIANTS:
         raise ValueError(f"variant must be one of {', '.join(VARIANTS)}, got {variant!r}")
-    if not 0.0 <= attempt_temperature <= 2.0:
-        raise ValueError(f"attempt_temperature must be in [0, 2], got {attempt_temperature}")
+    check_in_range("attempt_temperature", attempt_temperature, 0.0, 2.0)
     if epochs < 1:
         raise ValueError(f"epochs must be >= 1, got {epochs}")
 

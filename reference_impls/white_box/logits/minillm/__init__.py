@@ -52,6 +52,7 @@ from reference_impls.core.data_sources import OnlineSource
 from reference_impls.core.recipe import Recipe
 from reference_impls.core.training import StepLoss, aligned_logits
 from reference_impls.losses import IGNORE_INDEX
+from reference_impls.losses.numerics import check_unit_interval
 from reference_impls.registry import register
 from reference_impls.white_box.logits.minillm.objective import (
     MiniLLMLoss,
@@ -98,20 +99,21 @@ class MiniLLMRollouts(OnlineSource):
     next ones (the log-probs at sampling time).
 
     Attributes:
-        teacher_mix: α of teacher-mixed sampling (``--teacher-mixed-alpha 0.2``).
-        ppo_epochs: Optimizer steps per rollout (``--ppo-epochs 4``).
-        temperature: Sampling temperature (``--temperature 1``, top-k 0, top-p 1).
+        teacher_mix: α of teacher-mixed sampling.
+        ppo_epochs: Optimizer steps per rollout.
+        temperature: Sampling temperature (top-k 0, top-p 1).
+
+    Their defaults and sources are `minillm_recipe`'s.
     """
 
-    teacher_mix: float = 0.2
-    ppo_epochs: int = 4
-    temperature: float = 1.0
+    teacher_mix: float
+    ppo_epochs: int
+    temperature: float
     name: str = "teacher-mixed-rollouts"
     _rollout: dict[str, Any] | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
-        if not 0.0 <= self.teacher_mix <= 1.0:
-            raise ValueError(f"teacher_mix (α) must be in [0, 1], got {self.teacher_mix}")
+        check_unit_interval("teacher_mix (α)", self.teacher_mix)
         if self.ppo_epochs < 1 or self.temperature <= 0:
             raise ValueError("ppo_epochs must be ≥ 1 and temperature > 0")
 
@@ -156,16 +158,19 @@ def _responses(logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor, Tensor]:
 
 @dataclass(frozen=True)
 class MiniLLMStep(StepLoss):
-    """One MiniLLM optimizer step (a `StepLoss`): PG + single-step KL + LM term, via `minillm_loss`."""
+    """One MiniLLM optimizer step (a `StepLoss`): PG + single-step KL + LM term, via `minillm_loss`.
 
-    teacher_mix: float = 0.2
-    gamma: float = 0.95
-    reward_scaling: float = 0.5
-    reward_clip: float = 100.0
-    clip_range: float = 0.2
-    lm_coef: float = 1.0
-    kd_ratio: float = 0.5
-    temperature: float = 1.0
+    The fields are `minillm_recipe`'s hyper-parameters (their defaults and sources are written
+    there once)."""
+
+    teacher_mix: float
+    gamma: float
+    reward_scaling: float
+    reward_clip: float
+    clip_range: float
+    lm_coef: float
+    kd_ratio: float
+    temperature: float
 
     def __call__(
         self, model: torch.nn.Module, teacher: Any, batch: dict[str, Any], vocab_size: int | None

@@ -39,8 +39,3 @@ def check_finite_where_valid(response_mask: Tensor, **tensors: Tensor) -> None:
 def as_float(tensor: Tensor) -> Tensor:
     """Upcast to at least float32 (float64 stays float64)."""
     return tensor.to(torch.promote_types(tensor.dtype, torch.float32))
-
-
-def check_range(name: str, value: float, low: float, high: float) -> None:
-    if not low <= value <= high:  # also rejects NaN
-        raise ValueError(f"{name} must be in [{low}, {high}], got {value}")

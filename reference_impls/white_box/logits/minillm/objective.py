@@ -12,11 +12,11 @@ import torch
 from torch import Tensor
 
 from reference_impls.losses import IGNORE_INDEX, forward_kl, hard_label_ce, reverse_kl
+from reference_impls.losses.numerics import check_unit_interval
 from reference_impls.white_box.logits.minillm.checks import (
     as_float,
     check_finite_where_valid,
     check_logits,
-    check_range,
     check_same_shape,
 )
 
@@ -106,7 +106,7 @@ def normalized_returns(
     """
     mask = response_mask.bool()
     check_same_shape(mask, rewards=rewards)
-    check_range("gamma", gamma, 0.0, 1.0)
+    check_unit_interval("gamma", gamma)
     if normalization not in ("count", "discounted", "none"):
         raise ValueError(f"normalization must be 'count', 'discounted' or 'none', got {normalization!r}")
     rewards = torch.where(mask, as_float(rewards.detach()), 0.0)
@@ -203,7 +203,7 @@ def importance_weights(
     """
     mask = response_mask.bool()
     check_same_shape(mask, old_logprobs=old_logprobs, teacher_logprobs=teacher_logprobs)
-    check_range("teacher_mix_alpha", teacher_mix_alpha, 0.0, 1.0)
+    check_unit_interval("teacher_mix_alpha", teacher_mix_alpha)
     check_finite_where_valid(mask, old_logprobs=old_logprobs, teacher_logprobs=teacher_logprobs)
     if teacher_mix_alpha == 0.0:
         return torch.ones_like(as_float(old_logprobs.detach()))
@@ -337,7 +337,7 @@ def pretrain_loss(
     Returns:
         Scalar loss.
     """
-    check_range("kd_ratio", kd_ratio, 0.0, 1.0)
+    check_unit_interval("kd_ratio", kd_ratio)
     lm = hard_label_ce(student_logits, labels)
     if teacher_logits is None or kd_ratio == 0.0:
         return lm
