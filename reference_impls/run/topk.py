@@ -21,13 +21,8 @@ from reference_impls.core.cache import cache_root, digest, source_digest
 from reference_impls.core.logits_loss import WordLevelObjective
 from reference_impls.core.training import Loss, StepLoss, aligned_logits
 from reference_impls.losses import forward_kl, reverse_kl
-from reference_impls.teachers.topk import (
-    TopKTeacherSignals,
-    load_topk,
-    precompute_topk,
-    topk_divergence,
-    topk_kwargs,
-)
+from reference_impls.losses.topk import topk_divergence
+from reference_impls.teachers.topk import TopKTeacherSignals, load_topk, precompute_topk, topk_kwargs
 
 _CODE = (Path(__file__).parent, Path(__file__).parents[1] / "core")
 

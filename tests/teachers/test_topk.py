@@ -19,6 +19,7 @@ from reference_impls.core.models import build_decoder, build_student_config
 from reference_impls.core.tokenizer import build_tokenizer, encode_pair
 from reference_impls.core.training import collate, next_token_view
 from reference_impls.losses import forward_kl, reverse_kl
+from reference_impls.losses.topk import topk_divergence
 from reference_impls.tasks.strings import make_split
 from reference_impls.teachers import topk as offline_teacher
 from reference_impls.teachers.topk import (
@@ -26,7 +27,6 @@ from reference_impls.teachers.topk import (
     TopKMismatchError,
     load_topk,
     precompute_topk,
-    topk_divergence,
     topk_kwargs,
 )
 
