@@ -103,8 +103,16 @@ def render_branch(branch: Branch, site: Site) -> str:
     ]
     entries = taxonomy.entries_in(branch.id, recursive=True)
     source = site.source_path(branch.id)
+    # The code folders mirror the taxonomy: link this branch's package and tests once they exist.
+    package = "/".join(["reference_impls", *(part.replace("-", "_") for part in branch.id.split("/"))])
+    folders = [
+        (label, folder, site.blob_url(folder).replace("/blob/", "/tree/", 1))
+        for label, folder in (("Code", package), ("Tests", "tests" + package.removeprefix("reference_impls")))
+        if (site.root / folder).is_dir()
+    ]
     return render(
         "branch.md.j2",
+        folders=folders,
         branch=branch,
         parents=[(b, relative_link(page, branch_page(b.id))) for b in site.branch_trail(branch.id)[:-1]],
         source=source,
