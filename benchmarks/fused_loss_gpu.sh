@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One prepared GPU run of benchmarks/fused_loss.py (H100/H200, bf16, generalized JSD beta = 0.5,
 # forward + backward). Installs nothing; imports only torch (+ triton / liger_kernel if present)
-# and reference_impls.{losses,fused_losses}. Run from the repository root:
+# and reference_impls.losses (fused, fused_grads). Run from the repository root:
 #
 #     OUT=/some/folder bash benchmarks/fused_loss_gpu.sh
 #
