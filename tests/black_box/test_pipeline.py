@@ -1,6 +1,7 @@
 """The black-box pipeline layer: ROUGE-L novelty filter, response checks, bootstrapped generation
-(Self-Instruct / Alpaca), resumption after an interrupted generation, bad teacher output, and the
-end-to-end run with an exact oracle teacher."""
+(the loop Self-Instruct, Alpaca and others share), resumption after an interrupted generation, bad
+teacher output, a pipeline that keeps nothing, scoring and baselines. Each method's own pipeline,
+end to end, is tested in its mirrored file (tests/black_box/instruction_following/test_<name>.py)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,6 @@ from reference_impls.black_box.instruction_following._bootstrap import (
     bootstrap_instructions,
 )
 from reference_impls.black_box.instruction_following.alpaca import alpaca_recipe
-from reference_impls.black_box.instruction_following.self_instruct import self_instruct_recipe
 from reference_impls.black_box.pipeline import EVALUATIONS
 from reference_impls.run import RunConfig, run_recipe
 from reference_impls.tasks import instructions as suite
@@ -154,34 +154,10 @@ def _run(tmp_path: Path, recipe, teacher: OracleTeacher):
     return run_recipe(recipe, config, teacher=teacher)
 
 
-@pytest.mark.parametrize(
-    "recipe", [alpaca_recipe(num_instructions=40), self_instruct_recipe(num_instructions=40)]
-)
-def test_pipeline_end_to_end_and_rerun_makes_no_teacher_call(tmp_path: Path, recipe) -> None:
-    first = OracleTeacher()
-    result = _run(tmp_path, recipe, first)
-    assert set(result.metrics) == {"teacher", "baseline", "distilled"}
-    assert result.metrics["teacher"]["exact_match"] == 1.0  # the oracle, scored exactly
-    assert {"exact_match (depth 1)", "exact_match (depth 3)", "rouge_l"} <= set(result.metrics["distilled"])
-    assert len(result.data) >= 40 and result.config["pipeline"]["training_examples"] == len(result.data)
-    assert len(result.curves["baseline"]) == len(result.curves["distilled"]) == 4
-    again = OracleTeacher()
-    rerun = _run(tmp_path, recipe, again)
-    assert again.calls == 0  # everything came from the response cache
-    assert rerun.data == result.data
-
-
 def test_pipeline_that_keeps_nothing_says_why(tmp_path: Path) -> None:
     silent = OracleTeacher(mistakes=lambda prompt, text: "")
     with pytest.raises(ValueError, match=r"kept no training data.*dropped \(empty\)"):
         _run(tmp_path, alpaca_recipe(num_instructions=5), silent)
-
-
-def test_recipes_refuse_bad_hyperparameters() -> None:
-    with pytest.raises(ValueError, match="num_instructions"):
-        alpaca_recipe(num_instructions=0)
-    with pytest.raises(ValueError, match="num_instructions"):
-        self_instruct_recipe(instances_per_instruction=-1)
 
 
 # ------------------------------------------------------------------------------ scoring and baselines

@@ -1,4 +1,5 @@
-"""Tests for ToDi (`reference_impls.losses.todi`, its fused form and the `todi` recipe).
+"""Tests for ToDi (`reference_impls.losses.todi`) and its fused form; the `todi` recipe is tested with
+the other word-level recipes in tests/white_box/logits/test_word_level.py.
 
 The references here never call the module under test: a pure-Python float64 loop over the
 vocabulary (golden values), the paper's sigmoid-weighted formula in float64 torch, and a surrogate
@@ -8,14 +9,12 @@ whose per-entry weights are fixed numbers (what "detached" means for the gradien
 from __future__ import annotations
 
 import math
-from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
 from torch import Tensor
 
-from kdatlas.runner import build_recipe
 from reference_impls.losses import (
     IGNORE_INDEX,
     VocabularyMismatchError,
@@ -26,9 +25,6 @@ from reference_impls.losses import (
     todi,
 )
 from reference_impls.losses.fused import FUSED_DIVERGENCES, fused_linear_divergence
-from reference_impls.registry import registered_methods
-from reference_impls.run import METRIC_NAMES, RunConfig, run_recipe
-from reference_impls.teachers.embedded import QUICK_RECIPE
 
 # --- independent references ----------------------------------------------------------------------
 
@@ -314,34 +310,3 @@ def test_fused_equals_unfused_values_and_gradients(temperature: float, extra: di
     torch.testing.assert_close(fused, reference.detach(), atol=1e-12, rtol=1e-10)
     for e, a in zip(expected, got, strict=True):
         torch.testing.assert_close(a, e, atol=1e-12, rtol=1e-10)
-
-
-# --- the registered recipe ---------------------------------------------------------------------------
-
-
-@pytest.fixture
-def cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
-    root = tmp_path_factory.getbasetemp() / "todi-cache"
-    monkeypatch.setenv("KDATLAS_CACHE", str(root))
-    return root
-
-
-def test_recipe_defaults_and_objective() -> None:
-    assert registered_methods()["todi"].defaults() == {"temperature": 2.0}
-    recipe = build_recipe("todi", {"temperature": "1.5"})
-    assert recipe.hyperparameters == {"temperature": 1.5}
-    student, teacher, labels = make_inputs(seed=13)
-    torch.testing.assert_close(
-        recipe.loss(student, teacher, labels), todi(student, teacher, labels, temperature=1.5)
-    )
-
-
-def test_recipe_runs_end_to_end(cache: Path, tiny_run: dict[str, Any]) -> None:
-    recipe = build_recipe("todi", {})
-    result = run_recipe(recipe, RunConfig(device="cpu", **tiny_run), teacher_recipe=QUICK_RECIPE)
-    assert set(result.metrics) == {"teacher", "baseline", "distilled"}
-    for role, metrics in result.metrics.items():
-        assert set(metrics) == set(METRIC_NAMES), role
-    assert len(result.curves["distilled"]) == tiny_run["steps"]
-    assert all(math.isfinite(loss) for loss in result.curves["distilled"])
-    assert result.config["hyperparameters"] == {"temperature": 2.0}

@@ -1,6 +1,6 @@
-"""(Selective) Reflection-Tuning: IFD and r-IFD against a direct computation, the student's
-selection rules on crafted scores (ties, the ceiling, NaN), reflection falling back to the
-original pair on bad teacher output, and both pipelines end to end with an exact teacher."""
+"""Selective Reflection-Tuning: IFD and r-IFD against a direct computation, the student's
+selection rules on crafted scores (ties, the ceiling, NaN), and the pipeline end to end with an
+exact teacher. The reflection it builds on (V1) is tested in test_reflection_tuning.py."""
 
 from __future__ import annotations
 
@@ -10,13 +10,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from reference_impls.black_box.instruction_following.reflection_tuning import (
-    alpaca_pool,
-    correct_rate,
-    reflect_instructions,
-    reflect_responses,
-    reflection_tuning_recipe,
-)
 from reference_impls.black_box.instruction_following.selective_reflection import (
     VERSIONS,
     Scores,
@@ -28,8 +21,7 @@ from reference_impls.black_box.instruction_following.selective_reflection import
 )
 from reference_impls.core.models import build_student
 from reference_impls.core.tokenizer import build_tokenizer
-from reference_impls.tasks import instructions as suite
-from tests.support.fakes import OracleTeacher, make_context
+from tests.support.fakes import make_context
 
 PAIRS = [("rev: abc =", "cba"), ("up sort: dcb =", "BCD"), ("count: a in aab =", "3")]
 
@@ -141,64 +133,6 @@ def test_select_pairs_writes_only_accepted_rewrites_and_counts_every_decision() 
     ]
 
 
-def _teacher_saying(bad: dict[str, str], finish: dict[str, str] | None = None) -> OracleTeacher:
-    """The exact teacher, except for prompts in ``bad`` (prompt -> text) and ``finish``."""
-    finish = finish or {}
-    return OracleTeacher(
-        mistakes=lambda prompt, text: bad.get(prompt, text),
-        finish_reason=lambda prompt, text: finish.get(prompt, "stop"),
-    )
-
-
-def test_instruction_reflection_falls_back_to_the_original_pair(tmp_path: Path) -> None:
-    pairs = [
-        ("rev: abc =", "cba"),  # deepened correctly
-        ("up: abc =", "ABC"),  # deepen output malformed
-        ("sort: cab =", "abc"),  # deepen output empty
-        ("dedup: aab =", "ab"),  # deepen output truncated
-        ("rev: xyz =", "zyx"),  # the deepened instruction's answer is empty
-        ("add: 1+2 =", "3"),  # atomic: the teacher repeats it (unchanged)
-    ]
-    bad = {
-        suite.deepen_prompt("rev: abc ="): "rev up: abc =",
-        suite.deepen_prompt("up: abc ="): "up blah: abc =",
-        suite.deepen_prompt("sort: cab ="): "",
-        suite.deepen_prompt("dedup: aab ="): "dedup rev: aab =",
-        suite.deepen_prompt("rev: xyz ="): "rev sort: xyz =",
-        "rev sort: xyz =": "",
-    }
-    finish = {suite.deepen_prompt("dedup: aab ="): "length"}
-    context = make_context(tmp_path, _teacher_saying(bad, finish))
-    reflected = reflect_instructions(context, pairs)
-    assert reflected == [("rev up: abc =", "CBA"), *pairs[1:]]
-    assert context.stats["reflection: instruction rewritten"] == 1
-    assert context.stats["reflection: instruction kept original (malformed)"] == 3
-    assert context.stats["reflection: instruction kept original (answer empty)"] == 1
-    assert context.stats["reflection: instruction kept original (unchanged)"] == 1
-
-
-def test_response_reflection_falls_back_to_the_original_response(tmp_path: Path) -> None:
-    pairs = [
-        ("rev: abc =", "cab"),
-        ("up: ab =", "AB"),
-        ("sort: ba =", "ba"),
-        ("rev: ab =", "a"),
-        ("up: c =", "x"),
-    ]
-    bad = {
-        suite.fix_prompt("sort: ba =", "ba"): "",  # empty
-        suite.fix_prompt("rev: ab =", "a"): "ba",  # cut off at the length limit
-        suite.fix_prompt("up: c =", "x"): " ?! ",  # no content
-    }
-    finish = {suite.fix_prompt("rev: ab =", "a"): "length"}
-    context = make_context(tmp_path, _teacher_saying(bad, finish))
-    assert reflect_responses(context, pairs) == ["cba", "AB", "ba", "a", "x"]
-    assert context.stats["reflection: response rewritten"] == 1
-    assert context.stats["reflection: response unchanged"] == 1
-    for problem in ("empty", "truncated", "no content"):
-        assert context.stats[f"reflection: response kept original ({problem})"] == 1
-
-
 def test_bad_hyperparameters_are_refused() -> None:
     with pytest.raises(ValueError, match="score_ceiling"):
         selective_reflection_recipe(score_ceiling=0)
@@ -208,25 +142,6 @@ def test_bad_hyperparameters_are_refused() -> None:
         selective_reflection_recipe(instruction_operation="rewrite")
     with pytest.raises(ValueError, match="scorer_steps"):
         selective_reflection_recipe(scorer_steps=0)
-    with pytest.raises(ValueError, match="num_instructions"):
-        reflection_tuning_recipe(num_instructions=0)
-    with pytest.raises(ValueError, match="temperature"):
-        reflection_tuning_recipe(temperature=-1.0)
-
-
-def test_reflection_tuning_recycles_every_pair(tmp_path: Path) -> None:
-    context = make_context(tmp_path)
-    data = reflection_tuning_recipe(num_instructions=12).data.build(context)
-    recycled = [(e.segments[0][0], e.segments[1][0]) for e in data.examples]
-    pool = alpaca_pool(context, 12)  # the same requests: answered from the cache
-    assert len(recycled) == len(pool) == 12
-    # The exact teacher deepens in place (one more operation, same input) and answers exactly.
-    changed = [(old, new) for (old, _), (new, _) in zip(pool, recycled, strict=True) if old != new]
-    assert len(changed) == context.stats["reflection: instruction rewritten"] > 0
-    for old, new in changed:
-        before, after = suite.parse_instruction(old), suite.parse_instruction(new)
-        assert after.input == before.input and suite.depth_of(after) == suite.depth_of(before) + 1
-    assert correct_rate(recycled) == 1.0 == context.stats["recycled: responses correct"]
 
 
 def test_selective_reflection_end_to_end_with_an_exact_teacher(tmp_path: Path) -> None:
