@@ -290,7 +290,7 @@ def test_fused_equals_unfused_values_and_gradients(temperature: float, extra: di
         temperature=temperature,
         scale_by_t2=extra.get("scale_by_t2", False),
     )
-    if "hard_label_weight" in extra:  # the fused hard-label term, tested in test_fused_losses.py
+    if "hard_label_weight" in extra:  # the fused hard-label term, tested in tests/losses/test_fused.py
         reference = reference + extra["hard_label_weight"] * hard_label_ce(student_logits, labels)
     expected = torch.autograd.grad(reference, params)
     fused = fused_linear_divergence(
