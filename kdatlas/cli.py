@@ -413,6 +413,13 @@ class NewKind(str, Enum):
     direction = "direction"
 
 
+class NewShape(str, Enum):
+    logits = "logits"
+    step = "step"
+    feature = "feature"
+    pipeline = "pipeline"
+
+
 @app.command()
 def new(
     kind: Annotated[NewKind, typer.Argument(help="What the entry describes.")],
@@ -427,6 +434,15 @@ def new(
         bool,
         typer.Option(help="Also scaffold reference_impls/<id>.py and its test (methods and objectives)."),
     ] = True,
+    shape: Annotated[
+        NewShape | None,
+        typer.Option(
+            help="The implementation's skeleton (docs/extend.md). White-box branches: logits (an objective "
+            "on aligned logits), step (a StepLoss on both models and the batch), feature (hidden states "
+            "through a trained projector). Black-box branches: pipeline (a text pipeline over the "
+            "teacher's answers). Default: logits on white-box, pipeline on black-box."
+        ),
+    ] = None,
     root: RootOption = None,
 ) -> None:
     """Scaffold a new entry (YAML, BibTeX stub, implementation and test), then list what to fill in."""
@@ -436,7 +452,10 @@ def new(
 
     repository = _root(root)
     try:
-        made = new_entry(repository, Kind(kind.value), entry_id, branch, title, arxiv, year, implementation)
+        made = new_entry(
+            repository, Kind(kind.value), entry_id, branch, title, arxiv, year, implementation,
+            shape.value if shape else None,
+        )
     except ScaffoldError as error:
         raise _fail(str(error)) from None
     for path in made.written:
