@@ -357,6 +357,9 @@ def test_the_default_shape_follows_the_branch(repo_copy: Path) -> None:
     assert (repo_copy / "tests" / "black_box" / "cot" / "__init__.py").is_file()
     access = [_entry(made)["teacher_access"] for made in (white, black, planned)]
     assert access == ["logits", "text", "text"]
+    # Editors find the schema from the first line (a `$` in a template must be doubled).
+    first_line = white.entry_file.read_text(encoding="utf-8").splitlines()[0]
+    assert first_line == "# yaml-language-server: $schema=../../schema/entry.schema.json"
 
 
 @pytest.mark.slow
