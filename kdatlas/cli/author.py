@@ -47,6 +47,13 @@ class NewKind(str, Enum):
     direction = "direction"
 
 
+class NewShape(str, Enum):
+    logits = "logits"
+    step = "step"
+    feature = "feature"
+    pipeline = "pipeline"
+
+
 def new(
     kind: Annotated[NewKind, typer.Argument(help="What the entry describes.")],
     entry_id: Annotated[
@@ -60,6 +67,15 @@ def new(
         bool,
         typer.Option(help="Also scaffold reference_impls/<id>.py and its test (methods and objectives)."),
     ] = True,
+    shape: Annotated[
+        NewShape | None,
+        typer.Option(
+            help="The implementation's skeleton (docs/extend.md). White-box branches: logits (an objective "
+            "on aligned logits), step (a StepLoss on both models and the batch), feature (hidden states "
+            "through a trained projector). Black-box branches: pipeline (a text pipeline over the "
+            "teacher's answers). Default: logits on white-box, pipeline on black-box."
+        ),
+    ] = None,
     root: RootOption = None,
 ) -> None:
     """Scaffold a new entry (YAML, BibTeX stub, implementation and test), then list what to fill in."""
@@ -69,7 +85,10 @@ def new(
 
     repository = find_root(root)
     try:
-        made = new_entry(repository, Kind(kind.value), entry_id, branch, title, arxiv, year, implementation)
+        made = new_entry(
+            repository, Kind(kind.value), entry_id, branch, title, arxiv, year, implementation,
+            shape.value if shape else None,
+        )
     except ScaffoldError as error:
         raise fail(str(error)) from None
     for path in made.written:
@@ -88,7 +107,8 @@ def new(
         f"{made.bib_file.relative_to(repository)} (real metadata; log the check in bib/VERIFICATION.md)",
     ]
     if made.implementation is not None:
-        steps.append(f"implement the loss in {made.implementation.relative_to(repository)}")
+        what = "the data pipeline" if shape == NewShape.pipeline or branch.startswith("black-box") else "the loss"
+        steps.append(f"implement {what} in {made.implementation.relative_to(repository)}")
         steps.append(f"complete and run: pytest {made.test.relative_to(repository)}")
     steps += ["kdatlas validate   # until it says 'no problems'", "kdatlas docs serve # see the new page"]
     errors.print("\n[bold]Next:[/]\n" + "\n".join(f"  {i}. {step}" for i, step in enumerate(steps, 1)))
