@@ -9,7 +9,7 @@ TORCH_SPEC ?= torch==2.13.0
 export NO_MKDOCS_2_WARNING := 1
 export DISABLE_MKDOCS_2_WARNING := true
 
-.PHONY: setup test lint serve docs validate bench bench-fused bench-blackbox clean
+.PHONY: setup test lint serve docs validate bench bench-fused bench-blackbox parity clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -44,6 +44,12 @@ bench: setup
 
 bench-blackbox: setup  # every black-box pipeline: default run first and cached, ablations, larger budget, seeds (~20 min on 2 cores)
 	PYTHONPATH=. $(PY) benchmarks/blackbox_runs.py --write
+
+# A refactor keeps every number: every method at a small fixed budget, compared exactly with the
+# snapshot (write a fresh one on the old code first if the machine differs: PARITY=/tmp/before.json).
+PARITY ?= benchmarks/results/parity.json
+parity: setup  # ~1 minute
+	PYTHONPATH=. $(PY) benchmarks/parity.py --check $(PARITY)
 
 bench-fused: setup  # fused vs naive distillation loss, CPU (~5 min); on a GPU: benchmarks/fused_loss_gpu.sh
 	PYTHONPATH=. $(PY) benchmarks/fused_loss.py

@@ -8,6 +8,12 @@ and writes (``--write FILE``) or compares (``--check FILE``) the metrics and los
 
     PYTHONPATH=. python benchmarks/parity.py --write /tmp/before.json   # on the old code
     PYTHONPATH=. python benchmarks/parity.py --check /tmp/before.json   # on the new code
+    make parity                     # against benchmarks/results/parity.json (this machine kind)
+
+The committed snapshot was written by the one-run code of issue 12 and equals the numbers of the
+two harnesses it replaced, except DSKD (whose projectors now start from the run's seed instead of
+the process's RNG history). Another CPU may differ in the last bits: then write a fresh snapshot
+on the old code first.
 
 Not a quality benchmark: the budgets are tiny (seconds per method) and only equality counts. It
 runs in a fresh temporary cache, so nothing cached by an earlier version is reused.

@@ -133,8 +133,6 @@ def _cpu_threads(processes: int) -> int:
 class StringSuiteRun:
     """One run on the string suite; `reference_impls.run.run_recipe` calls the steps in order."""
 
-    not_applicable = ("teacher_url", "cache")
-
     def __init__(self, recipe: Recipe, config: RunConfig, teacher_recipe: TeacherRecipe | None) -> None:
         if not isinstance(recipe.data, DataSource):
             raise ValueError(f"{recipe.method_id}: the string suite trains on a DataSource, not {recipe.data!r}")

@@ -18,10 +18,9 @@ from reference_impls.black_box.instruction_following._bootstrap import (
 )
 from reference_impls.black_box.instruction_following.alpaca import alpaca_recipe
 from reference_impls.black_box.pipeline import EVALUATIONS
-from reference_impls.run import RunConfig, run_recipe
 from reference_impls.tasks import instructions as suite
 from reference_impls.teachers.text import Completion
-from tests.support.fakes import OracleTeacher, make_context
+from tests.support.fakes import OracleTeacher, make_context, run_with_oracle
 
 # ------------------------------------------------------------------------------ ROUGE-L novelty
 
@@ -147,17 +146,11 @@ def test_interrupted_generation_resumes_without_repeated_or_lost_requests(tmp_pa
 # ------------------------------------------------------------------------------- end to end
 
 
-def _run(tmp_path: Path, recipe, teacher: OracleTeacher):
-    config = RunConfig(
-        device="cpu", steps=4, eval_size=16, cache=str(tmp_path / "cache.jsonl"), progress=False
-    )
-    return run_recipe(recipe, config, teacher=teacher)
-
 
 def test_pipeline_that_keeps_nothing_says_why(tmp_path: Path) -> None:
     silent = OracleTeacher(mistakes=lambda prompt, text: "")
     with pytest.raises(ValueError, match=r"kept no training data.*dropped \(empty\)"):
-        _run(tmp_path, alpaca_recipe(num_instructions=5), silent)
+        run_with_oracle(tmp_path, alpaca_recipe(num_instructions=5), silent)
 
 
 # ------------------------------------------------------------------------------ scoring and baselines

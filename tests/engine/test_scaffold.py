@@ -18,7 +18,8 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from kdatlas.cli import NewShape, app
+from kdatlas.cli import app
+from kdatlas.cli.author import NewShape
 from kdatlas.model import Kind
 from kdatlas.scaffold import SHAPES, Scaffold, ScaffoldError, module_name, new_entry
 from kdatlas.site.generate import write_pages

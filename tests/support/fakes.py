@@ -11,13 +11,15 @@ from __future__ import annotations
 import random
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from reference_impls.black_box.pipeline import PipelineContext
 from reference_impls.core.models import build_student
-from reference_impls.core.recipe import RunConfig
+from reference_impls.core.recipe import Recipe, RunConfig
 from reference_impls.core.tokenizer import build_tokenizer
+from reference_impls.run import RunResult, run_recipe
 from reference_impls.tasks import instructions as suite
 from reference_impls.teachers.text import Completion, GenerationRequest, TextTeacher, plain_chat_prompt
 
@@ -116,3 +118,36 @@ def make_context(
         device=torch.device("cpu"),
         new_student=lambda: build_student(tokenizer, 0),
     )
+
+
+class RecordingOracle(OracleTeacher):
+    """The exact teacher, keeping every request it is sent (prompt and sampling settings)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.requests: list[GenerationRequest] = []
+
+    def iter_generate(self, requests: Sequence[GenerationRequest]) -> Iterator[tuple[int, list[Completion]]]:
+        self.requests.extend(requests)
+        yield from super().iter_generate(requests)
+
+
+def run_with_oracle(tmp_path: Path, recipe: Recipe, teacher: TextTeacher) -> RunResult:
+    """A black-box recipe through the one run: 4 steps, 16 held-out items, a cache in ``tmp_path``."""
+    config = RunConfig(device="cpu", steps=4, eval_size=16, cache=str(tmp_path / "cache.jsonl"), progress=False)
+    return run_recipe(recipe, config, teacher=teacher)
+
+
+def check_end_to_end_and_cached_rerun(tmp_path: Path, recipe: Recipe, num_examples: int) -> None:
+    """The pipeline end to end against the oracle, then again from the response cache alone."""
+    result = run_with_oracle(tmp_path, recipe, OracleTeacher())
+    assert set(result.metrics) == {"teacher", "baseline", "distilled"}
+    assert result.metrics["teacher"]["exact_match"] == 1.0  # the oracle, scored exactly
+    assert {"exact_match (depth 1)", "exact_match (depth 3)", "rouge_l"} <= set(result.metrics["distilled"])
+    assert len(result.data) >= num_examples
+    assert result.config["pipeline"]["training_examples"] == len(result.data)
+    assert len(result.curves["baseline"]) == len(result.curves["distilled"]) == 4
+    again = OracleTeacher()
+    rerun = run_with_oracle(tmp_path, recipe, again)
+    assert again.calls == 0  # everything came from the response cache
+    assert rerun.data == result.data

@@ -3,7 +3,6 @@ exact oracle teacher, and its hyper-parameter checks."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -11,28 +10,11 @@ import pytest
 from reference_impls.black_box.instruction_following._bootstrap import GenerationSettings
 from reference_impls.black_box.instruction_following.alpaca import alpaca_recipe, alpaca_settings
 from reference_impls.black_box.pipeline import TextPipeline
-from reference_impls.run import RunConfig, run_recipe
-from reference_impls.teachers.text import Completion, GenerationRequest
-from tests.support.fakes import OracleTeacher, make_context
-
-
-def _run(tmp_path: Path, recipe, teacher: OracleTeacher):
-    config = RunConfig(
-        device="cpu", steps=4, eval_size=16, cache=str(tmp_path / "cache.jsonl"), progress=False
-    )
-    return run_recipe(recipe, config, teacher=teacher)
-
-
-class RecordingOracle(OracleTeacher):
-    """The exact teacher, keeping every request it is sent (prompt and sampling settings)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.requests: list[GenerationRequest] = []
-
-    def iter_generate(self, requests: Sequence[GenerationRequest]) -> Iterator[tuple[int, list[Completion]]]:
-        self.requests.extend(requests)
-        yield from super().iter_generate(requests)
+from tests.support.fakes import (
+    RecordingOracle,
+    check_end_to_end_and_cached_rerun,
+    make_context,
+)
 
 
 def test_defaults_are_the_repositorys() -> None:
@@ -69,18 +51,7 @@ def test_requests_show_seed_tasks_only_and_sample_at_temperature_one(tmp_path: P
 
 
 def test_pipeline_end_to_end_and_rerun_makes_no_teacher_call(tmp_path: Path) -> None:
-    recipe = alpaca_recipe(num_instructions=40)
-    first = OracleTeacher()
-    result = _run(tmp_path, recipe, first)
-    assert set(result.metrics) == {"teacher", "baseline", "distilled"}
-    assert result.metrics["teacher"]["exact_match"] == 1.0  # the oracle, scored exactly
-    assert {"exact_match (depth 1)", "exact_match (depth 3)", "rouge_l"} <= set(result.metrics["distilled"])
-    assert len(result.data) >= 40 and result.config["pipeline"]["training_examples"] == len(result.data)
-    assert len(result.curves["baseline"]) == len(result.curves["distilled"]) == 4
-    again = OracleTeacher()
-    rerun = _run(tmp_path, recipe, again)
-    assert again.calls == 0  # everything came from the response cache
-    assert rerun.data == result.data
+    check_end_to_end_and_cached_rerun(tmp_path, alpaca_recipe(num_instructions=40), 40)
 
 
 def test_recipes_refuse_bad_hyperparameters() -> None:
