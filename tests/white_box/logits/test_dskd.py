@@ -17,14 +17,16 @@ from reference_impls.core.tokenizer import build_tokenizer
 from reference_impls.core.training import make_dataloader
 from reference_impls.losses import reverse_kl
 from reference_impls.tasks.strings import make_split
-from reference_impls.white_box.logits._cross_tokenizer import (
+from reference_impls.white_box.logits.dskd import (
+    PROJECTORS,
     DSKDProjectors,
+    DSKDStep,
     ModelOutputs,
     cross_model_attention,
     dskd_cma_loss,
     dskd_loss,
+    dskd_recipe,
 )
-from reference_impls.white_box.logits.dskd import PROJECTORS, DSKDStep, dskd_recipe
 
 IGNORE = -100
 

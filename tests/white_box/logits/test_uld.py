@@ -13,8 +13,7 @@ import torch
 
 from reference_impls.core.data_sources import TeacherGenerated
 from reference_impls.core.tokenizer import build_pair_tokenizer, build_tokenizer, encode_pair
-from reference_impls.white_box.logits._cross_tokenizer import uld_loss
-from reference_impls.white_box.logits.uld import ULDStep, uld_recipe
+from reference_impls.white_box.logits.uld import ULDStep, uld_loss, uld_recipe
 
 IGNORE = -100
 
