@@ -260,3 +260,16 @@ def test_cli_validate_clean_repo_exits_zero() -> None:
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "no problems" in result.stderr
+
+
+def test_an_implementation_outside_its_branch_package_is_reported(repo: Path) -> None:
+    # The folders mirror the taxonomy: forward-kl moved to white-box/hint while its code stays in
+    # reference_impls/white_box/logits/ must be reported, with both ways to fix it.
+    moved = repo / "taxonomy/white-box/hint/forward-kl.yaml"
+    (repo / FORWARD_KL).rename(moved)
+    edit(moved, "branch: white-box/logits", "branch: white-box/hint")
+    found = [m for m in messages(repo, check_implementations=True) if "outside that branch's package" in m]
+    assert len(found) == 1, found
+    assert found[0].startswith("taxonomy/white-box/hint/forward-kl.yaml:")
+    assert "reference_impls.white_box.logits.word_level" in found[0]
+    assert "reference_impls/white_box/hint/" in found[0]
