@@ -154,7 +154,11 @@ class StringSuiteRun:
         if self.device.type == "cpu":
             torch.set_num_threads(_cpu_threads(self.accelerator.num_processes))
         self.remote = {"trust_remote_code": config.trust_remote_code}
-        self.source = recipe.data if isinstance(recipe.data, OnlineSource) else None
+        # Online sources keep state while training (origin counts, the current rollout, a replay
+        # buffer) and step losses may hold trained modules: each run works on its own copies, so
+        # the recipe object stays as it was built and running it again gives the same outcome.
+        self.data, self.loss = copy.deepcopy(recipe.data), copy.deepcopy(recipe.loss)
+        self.source = self.data if isinstance(self.data, OnlineSource) else None
         self.baseline_cached = False
         self.teacher_signals: dict[str, Any] = {}
 
@@ -323,7 +327,7 @@ class StringSuiteRun:
     # 5. The distilled student's sequences: the recipe's data source.
     def distillation_data(self) -> list[str]:
         context = SourceContext(teacher=self.teacher, tokenizer=self.tokenizer, max_new_tokens=self.max_new_tokens)
-        self.responses = self.recipe.data.responses(self.train, context)
+        self.responses = self.data.responses(self.train, context)
         return self.responses
 
     # 6. The distilled student: the recipe's loss on those sequences, same start and budget.
@@ -343,7 +347,7 @@ class StringSuiteRun:
                 seed=config.seed,
                 vocab_size=self.vocab_size,
             )
-        loss, teacher = recipe.loss, self.teacher if needs_teacher(recipe.loss) else None
+        loss, teacher = self.loss, self.teacher if needs_teacher(self.loss) else None
         if config.teacher_topk is not None:
             loss, self.teacher_signals = offline_topk_loss(
                 recipe.method_id,
@@ -390,13 +394,13 @@ class StringSuiteRun:
 
     # 8. What the run config records.
     def describe(self) -> dict[str, Any]:
-        recipe, source = self.recipe, self.source
+        source = self.source
         return {
             "data_source": {
-                **recipe.data.describe(),
+                **self.data.describe(),
                 **({"origins": dict(getattr(source, "origins", {}))} if source is not None else {}),
             },
-            "uses_teacher_logits": needs_teacher(recipe.loss),
+            "uses_teacher_logits": needs_teacher(self.loss),
             **({"teacher_signals": self.teacher_signals} if self.teacher_signals else {}),
             "run": {**asdict(self.config), "steps": self.steps, "sft_steps": self.sft_steps},
             "suite_version": SUITE_VERSION,

@@ -186,3 +186,22 @@ def test_check_same_vocabulary_accepts_identical_tokenizers() -> None:
 def test_bad_device_is_a_clear_error() -> None:
     with pytest.raises(ValueError, match="device"):
         run_recipe(RECIPE, RunConfig(device="tpu"))
+
+
+@pytest.mark.parametrize("method_id", ["gkd", "minillm", "dskd"])
+def test_the_same_recipe_object_runs_twice_with_the_same_outcome(
+    cache: Path, tiny_run: dict[str, Any], method_id: str
+) -> None:
+    # Online sources count their origins and keep a rollout, DSKD's step holds its projectors: a
+    # run must start from the recipe as built, not from what an earlier run left in it.
+    from reference_impls.registry import get_method
+
+    recipe = get_method(method_id).build()
+    config = RunConfig(device="cpu", **{**tiny_run, "steps": 4})
+    first = run_recipe(recipe, config, teacher_recipe=QUICK_RECIPE)
+    second = run_recipe(recipe, config, teacher_recipe=QUICK_RECIPE)
+    assert second.curves["distilled"] == first.curves["distilled"]
+    assert second.metrics == first.metrics
+    assert second.config["data_source"] == first.config["data_source"]
+    if "origins" in first.config["data_source"]:
+        assert sum(first.config["data_source"]["origins"].values()) == 4  # this run's steps only
