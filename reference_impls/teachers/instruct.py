@@ -1,6 +1,6 @@
 """The embedded *instruction* teacher: the tiny model black-box pipelines talk to.
 
-It is trained, on first use, on the instruction suite's meta-tasks (`suite.teacher_training_pairs`:
+It is trained, on first use, on the instruction suite's meta-tasks (`meta_tasks.teacher_training_pairs`:
 follow instructions, conversations, system prompts, write new instructions, judge, rewrite,
 evolve, annotate) and cached like the white-box teacher (key = suite version + hash of config,
 vocabulary and recipe; atomic writes). It is a separate model from the white-box teacher, so
@@ -28,6 +28,7 @@ from reference_impls.core.sft import TrainingExample, bucketed_loader
 from reference_impls.core.tokenizer import build_tokenizer
 from reference_impls.core.training import cross_entropy_objective, train_student
 from reference_impls.tasks import instructions as suite
+from reference_impls.tasks import meta_tasks
 from reference_impls.teachers.embedded import entry_key, load_or_build
 
 TEACHER_MESSAGE = (
@@ -62,7 +63,7 @@ def instruct_teacher_dir(recipe: InstructTeacherRecipe = InstructTeacherRecipe()
     """Where the teacher trained with ``recipe`` is (or will be) cached."""
     tokenizer = build_tokenizer()
     identity = {
-        "sample": suite.teacher_training_pairs(64, seed=recipe.seed),
+        "sample": meta_tasks.teacher_training_pairs(64, seed=recipe.seed),
         "config": _config(recipe, tokenizer).to_dict(),
         "vocab": sorted(tokenizer.get_vocab().items()),
         "recipe": asdict(recipe),
@@ -80,11 +81,11 @@ def meta_task_accuracy(
     """
     rng = random.Random(f"meta-eval-{seed}")
     results: dict[str, float] = {}
-    for meta in suite.TEACHER_MIX:
+    for meta in meta_tasks.TEACHER_MIX:
         pairs = []
         while len(pairs) < n:
-            prompt, response = suite.teacher_example(rng, meta)
-            if all(suite.in_test_bucket(p) for p in suite._instructions_in(prompt)):
+            prompt, response = meta_tasks.teacher_example(rng, meta)
+            if all(suite.in_test_bucket(p) for p in meta_tasks.instructions_in(prompt)):
                 pairs.append((prompt, response))
         outputs = generate_responses(model, tokenizer, [p for p, _ in pairs], max_new_tokens=40)
         results[meta] = sum(check_meta(meta, p, r, o) for (p, r), o in zip(pairs, outputs, strict=True)) / n
@@ -126,7 +127,7 @@ def train_instruct_teacher(
     """Train the instruction teacher from scratch with next-token cross-entropy on the meta-tasks."""
     tokenizer = build_tokenizer()
     model = build_decoder(_config(recipe, tokenizer), recipe.seed).to(device)
-    pairs = suite.teacher_training_pairs(recipe.train_size, seed=recipe.seed)
+    pairs = meta_tasks.teacher_training_pairs(recipe.train_size, seed=recipe.seed)
     examples = [TrainingExample.single(prompt, response) for prompt, response in pairs]
     batches = bucketed_loader(tokenizer, examples, batch_size=recipe.batch_size, seed=recipe.seed)
     train_student(

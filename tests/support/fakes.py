@@ -21,6 +21,7 @@ from reference_impls.core.recipe import Recipe, RunConfig
 from reference_impls.core.tokenizer import build_tokenizer
 from reference_impls.run import RunResult, run_recipe
 from reference_impls.tasks import instructions as suite
+from reference_impls.tasks import meta_tasks
 from reference_impls.teachers.text import Completion, GenerationRequest, TextTeacher, plain_chat_prompt
 
 
@@ -32,7 +33,7 @@ def oracle_response(prompt: str, rng: random.Random) -> str:
         topic = head[len("new [") : -1] if head.startswith("new [") else None
         seeds = [suite.parse_instruction(s) for s in rest.rstrip(" >").split(" | ")]
         seeds = [s for s in seeds if s is not None]
-        return suite._new_instruction(rng, seeds, topic) if seeds or topic else ""
+        return meta_tasks.new_instruction(rng, seeds, topic) if seeds or topic else ""
     for head in ("judge: ", "fix: "):
         if body.startswith(head):
             instruction, _, response = body[len(head) :].rstrip(" ?").partition("=")
@@ -44,10 +45,10 @@ def oracle_response(prompt: str, rng: random.Random) -> str:
             return suite.JUDGE_YES if response in parsed.answers else suite.JUDGE_NO
     if body.startswith("deepen: "):
         parsed = suite.parse_instruction(body[len("deepen: ") :])
-        return suite._deepened(rng, parsed) if parsed else ""
+        return meta_tasks.deepened(rng, parsed) if parsed else ""
     if body.startswith("widen: "):
         parsed = suite.parse_instruction(body[len("widen: ") :])
-        return suite._widened(rng, parsed) if parsed else ""
+        return meta_tasks.widened(rng, parsed) if parsed else ""
     if body.startswith("ner: "):
         return suite.format_annotation(suite.entities(body[len("ner: ") :].rstrip(" =")))
     if body.startswith("find "):
