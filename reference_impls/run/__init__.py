@@ -23,10 +23,14 @@ import torch
 import transformers
 
 from reference_impls.black_box.pipeline import EVALUATIONS as INSTRUCTION_EVALUATIONS
+from reference_impls.black_box.pipeline import TextPipeline
+from reference_impls.core.data_sources import DataSource
 from reference_impls.core.recipe import Recipe, RunConfig
 from reference_impls.core.sft import TrainingExample
 from reference_impls.run.instructions import InstructionSuiteRun
 from reference_impls.run.strings import METRIC_NAMES, StringSuiteRun
+from reference_impls.teachers.embedded import TeacherRecipe
+from reference_impls.teachers.instruct import InstructTeacherRecipe
 
 EVALUATIONS: dict[str, str] = {
     "strings": "held-out examples of the string suite: exact match, ROUGE-L, distances to the teacher",
@@ -63,7 +67,15 @@ def _suite_run(recipe: Recipe, config: RunConfig, teacher_recipe: Any, teacher: 
         raise ValueError("device 'cuda' requested but no GPU is available — use --device cpu")
     if recipe.evaluation not in EVALUATIONS:
         raise ValueError(f"unknown evaluation {recipe.evaluation!r} — choose one of {', '.join(EVALUATIONS)}")
-    if recipe.evaluation == "strings":
+    strings = recipe.evaluation == "strings"
+    suite, data_type, teacher_type = (
+        ("string suite", DataSource, TeacherRecipe) if strings else ("instruction suite", TextPipeline, InstructTeacherRecipe)
+    )
+    if not isinstance(recipe.data, data_type):
+        raise ValueError(f"{recipe.method_id}: the {suite} trains on a {data_type.__name__}, not {recipe.data!r}")
+    if teacher_recipe is not None and not isinstance(teacher_recipe, teacher_type):
+        raise ValueError(f"the {suite}'s teacher is built from a {teacher_type.__name__}, got {teacher_recipe!r}")
+    if strings:
         if teacher is not None:
             raise ValueError("a ready text teacher applies to black-box pipelines only")
         return StringSuiteRun(recipe, config, teacher_recipe)

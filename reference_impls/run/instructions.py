@@ -22,7 +22,6 @@ from reference_impls.black_box.pipeline import (
     EVALUATIONS,
     DistilledData,
     PipelineContext,
-    TextPipeline,
     score,
     student_answers,
 )
@@ -65,8 +64,6 @@ class InstructionSuiteRun:
         teacher_recipe: InstructTeacherRecipe | None,
         teacher: TextTeacher | None,
     ) -> None:
-        if not isinstance(recipe.data, TextPipeline):
-            raise ValueError(f"{recipe.method_id}: the instruction suite trains on a TextPipeline, not {recipe.data!r}")
         not_applicable = {
             "--data": config.data,
             "--sft-steps": config.sft_steps,
@@ -78,8 +75,6 @@ class InstructionSuiteRun:
                 f"{', '.join(given)} do not apply to '{recipe.method_id}': a black-box pipeline generates its "
                 "own data from the teacher's text (use --teacher, --teacher-url, --steps, --seed, --set)"
             )
-        if teacher_recipe is not None and not isinstance(teacher_recipe, InstructTeacherRecipe):
-            raise ValueError(f"the instruction suite's teacher is built from an InstructTeacherRecipe, got {teacher_recipe!r}")
         self.recipe, self.config = recipe, config
         self.teacher_recipe = teacher_recipe or InstructTeacherRecipe()
         self.given_teacher = teacher
