@@ -12,6 +12,8 @@ from typing import Any
 
 import yaml
 
+from kdatlas.yamlio import YamlLoadError, reject_aliases
+
 CITATION_FILE = "CITATION.cff"
 REQUIRED = ("cff-version", "message", "title", "authors", "version")
 
@@ -24,9 +26,13 @@ def load_citation(root: Path) -> dict[str, Any]:
     """The parsed ``CITATION.cff`` of the repository at ``root``."""
     path = root / CITATION_FILE
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
+        reject_aliases(text, path)
+        data = yaml.safe_load(text)
     except FileNotFoundError:
         raise CitationError(f"{path}: not found — restore CITATION.cff at the repository root") from None
+    except YamlLoadError as error:
+        raise CitationError(f"{path}:{error.line}: {error.message}") from None
     except yaml.YAMLError as error:
         raise CitationError(f"{path}: not valid YAML ({error})") from None
     if not isinstance(data, dict):

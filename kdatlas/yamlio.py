@@ -3,6 +3,10 @@
 Validation messages point at ``file:line``. PyYAML's composed node tree carries positions, so we
 compose once (safe loader only), build the Python data from the same nodes, and keep a map from
 each value's path (``("equations", 0, "latex")``) to its 1-based line.
+
+Anchors and aliases (``&name`` / ``*name``) have no place in the data and are refused before
+anything is composed: nested aliases expand exponentially (a ten-line "billion laughs" document
+took minutes and gigabytes), and the check reads the event stream once, in time linear in the text.
 """
 
 from __future__ import annotations
@@ -37,17 +41,37 @@ def _record_lines(node: yaml.Node, path: PathKey, lines: dict[PathKey, int]) -> 
             _record_lines(item, (*path, index), lines)
 
 
+def reject_aliases(text: str, path: Path) -> None:
+    """Raise `YamlLoadError` at the first anchor or alias of ``text`` (parsing events only).
+
+    Raises:
+        YamlLoadError: an anchor or alias, with its line and how to fix it.
+        yaml.YAMLError: the text is not valid YAML (the caller reports it with its line).
+    """
+    for event in yaml.parse(text, Loader=yaml.SafeLoader):
+        if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None):
+            kind = "alias" if isinstance(event, yaml.AliasEvent) else "anchor"
+            raise YamlLoadError(
+                path,
+                event.start_mark.line + 1,
+                f"YAML {kind} '{event.anchor}' is not allowed in kdatlas data — write the value out "
+                "where it is used (anchors and aliases can expand without bound)",
+            )
+
+
 def load_yaml_with_lines(path: Path) -> tuple[Any, dict[PathKey, int]]:
     """Load one YAML document safely and return ``(data, {value path: line})``.
 
     Raises:
-        YamlLoadError: the file is not readable or not valid YAML (with the offending line).
+        YamlLoadError: the file is not readable, not valid YAML, or uses anchors/aliases (with the
+            offending line).
     """
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as error:
         raise YamlLoadError(path, 1, f"cannot read the file ({error})") from error
     try:
+        reject_aliases(text, path)
         loader = yaml.SafeLoader(text)
         try:
             node = loader.get_single_node()

@@ -273,3 +273,37 @@ def test_an_implementation_outside_its_branch_package_is_reported(repo: Path) ->
     assert found[0].startswith("taxonomy/white-box/hint/forward-kl.yaml:")
     assert "reference_impls.white_box.logits.word_level" in found[0]
     assert "reference_impls/white_box/hint/" in found[0]
+
+
+BILLION_LAUGHS = """\
+# yaml-language-server: $schema=../../schema/entry.schema.json
+a: &a ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]
+b: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a]
+c: &c [*b, *b, *b, *b, *b, *b, *b, *b, *b]
+d: &d [*c, *c, *c, *c, *c, *c, *c, *c, *c]
+e: &e [*d, *d, *d, *d, *d, *d, *d, *d, *d]
+f: &f [*e, *e, *e, *e, *e, *e, *e, *e, *e]
+g: &g [*f, *f, *f, *f, *f, *f, *f, *f, *f]
+h: &h [*g, *g, *g, *g, *g, *g, *g, *g, *g]
+i: &i [*h, *h, *h, *h, *h, *h, *h, *h, *h]
+"""
+
+
+def test_anchors_and_aliases_are_refused_at_once_with_their_line(repo: Path) -> None:
+    import time
+
+    (repo / FORWARD_KL).write_text(BILLION_LAUGHS, encoding="utf-8")
+    started = time.perf_counter()
+    found = messages(repo)
+    assert time.perf_counter() - started < 10  # nothing was expanded (it took minutes and GBs)
+    assert any(
+        m.startswith("taxonomy/white-box/logits/forward-kl.yaml:2: YAML anchor 'a' is not allowed") for m in found
+    ), found
+
+
+def test_a_single_alias_is_refused_too(repo: Path) -> None:
+    path = repo / FORWARD_KL
+    text = path.read_text(encoding="utf-8")
+    path.write_text(text + "extra: &x 1\nagain: *x\n", encoding="utf-8")
+    found = [m for m in messages(repo) if "is not allowed in kdatlas data" in m]
+    assert found and found[0].startswith("taxonomy/white-box/logits/forward-kl.yaml:")
