@@ -5,7 +5,10 @@ line values into a recipe and a run config, prints the comparison table, and wri
 
 - ``config.json``: the fully resolved configuration (method, hyper-parameters, models, budget);
 - ``metrics.json``: ``{"teacher": {...}, "baseline": {...}, "distilled": {...}}``, metric → value;
-- ``curves.png`` and ``curves.json``: the training losses of the baseline and distilled students.
+- ``curves.png`` and ``curves.json``: the training losses of the baseline and distilled students;
+- ``student/``: the distilled student as a Hugging Face checkpoint (``save_pretrained``, with its
+  tokenizer) and its model card (``README.md``: method, hyper-parameters, teacher, data, results,
+  papers, the command that reproduces it).
 """
 
 from __future__ import annotations
@@ -247,6 +250,7 @@ def run_method(
     """
     import transformers
 
+    from kdatlas.model_card import save_student
     from reference_impls.core.recipe import RunConfig
     from reference_impls.run import run_recipe
 
@@ -265,6 +269,8 @@ def run_method(
     out = out or default_run_dir(method_id)
     write_run_dir(out, result)
     files = ["config.json", "metrics.json", "curves.png", "seconds.json"]
+    if save_student(out, result) is not None:  # the distilled model, loadable with from_pretrained
+        files.insert(0, "student/ (model, tokenizer, README.md model card)")
     if "pipeline" in result.config:  # a black-box pipeline: what it asked and kept, and its data
         write_data(out / "data.jsonl", result.data)
         files.append("data.jsonl")

@@ -50,6 +50,8 @@ class RunResult:
         config: Fully resolved, JSON-serialisable configuration.
         seconds: Wall-clock seconds per step.
         data: The distilled training data of a black-box pipeline (``data.jsonl`` of a run).
+        student: The distilled student (main process), ready for ``save_pretrained``.
+        tokenizer: The student's tokenizer.
     """
 
     metrics: dict[str, dict[str, float]]
@@ -57,6 +59,8 @@ class RunResult:
     config: dict[str, Any]
     seconds: dict[str, float]
     data: list[TrainingExample] = field(default_factory=list)
+    student: Any = field(default=None, repr=False)
+    tokenizer: Any = field(default=None, repr=False)
 
 
 def _suite_run(recipe: Recipe, config: RunConfig, teacher_recipe: Any, teacher: Any) -> Any:
@@ -139,4 +143,5 @@ def run_recipe(
     # Only the main process evaluates; the others report their training curves.
     main_metrics = metrics if run.is_main_process else {}
     examples = getattr(data, "examples", [])
-    return RunResult(metrics=main_metrics, curves=curves, config=record, seconds=seconds, data=examples)
+    student, tokenizer = run.distilled_student() if run.is_main_process else (None, None)
+    return RunResult(main_metrics, curves, record, seconds, examples, student, tokenizer)

@@ -164,6 +164,10 @@ class InstructionSuiteRun:
     def score_distilled(self) -> dict[str, float]:
         return self._score(self.distilled)
 
+    def distilled_student(self) -> tuple[PreTrainedModel, Any]:
+        """The distilled student and its tokenizer."""
+        return self.distilled, self.tokenizer
+
     # 8. What the run config records.
     def describe(self) -> dict[str, Any]:
         return {

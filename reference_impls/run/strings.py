@@ -388,6 +388,10 @@ class StringSuiteRun:
             return {}
         return self._score(self.accelerator.unwrap_model(self.distilled))
 
+    def distilled_student(self) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+        """The distilled student (unwrapped from any distributed wrapper) and its tokenizer."""
+        return self.accelerator.unwrap_model(self.distilled), self.student_tokenizer
+
     # 8. What the run config records.
     def describe(self) -> dict[str, Any]:
         source = self.source

@@ -124,7 +124,7 @@ def test_run_method_writes_the_run_directory(tmp_path: Path, tiny_run: dict[str,
     out = tmp_path / "run"
     console = Console(record=True, width=120)
     config = RunConfig(device="cpu", **tiny_run)
-    run_method("forward-kl", config, out=out, console=console, teacher_recipe=QUICK_RECIPE)
+    result = run_method("forward-kl", config, out=out, console=console, teacher_recipe=QUICK_RECIPE)
     metrics = json.loads((out / "metrics.json").read_text())
     assert set(metrics) == {"teacher", "baseline", "distilled"}
     assert set(metrics["distilled"]) == set(METRIC_NAMES)
@@ -134,6 +134,21 @@ def test_run_method_writes_the_run_directory(tmp_path: Path, tiny_run: dict[str,
     shown = console.export_text()
     assert "token KL(teacher‖student)" in shown and "distilled student" in shown
     assert "closer to the teacher" in shown  # the verdict sentence
+    # The distilled student is kept: a Hugging Face checkpoint that generates as the run's student did.
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from reference_impls.core.generation import generate_responses
+    from reference_impls.tasks.strings import make_split
+
+    student = AutoModelForCausalLM.from_pretrained(out / "student")
+    tokenizer = AutoTokenizer.from_pretrained(out / "student")
+    prompts = [e.prompt for e in make_split("test", 14)]
+    kept = generate_responses(student, tokenizer, prompts, max_new_tokens=8)
+    assert kept == generate_responses(result.student, result.tokenizer, prompts, max_new_tokens=8)
+    card = (out / "student" / "README.md").read_text()
+    assert card.startswith("---\nlibrary_name: transformers") and "kdatlas run forward-kl" in card
+    assert "arXiv:1503.02531" in card  # Hinton et al., from the verified bibliography
+    assert f"| exact_match | {metrics['teacher']['exact_match']:.4f} |" in card
 
 
 def test_run_method_writes_a_pipeline_run_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -150,6 +165,8 @@ def test_run_method_writes_a_pipeline_run_directory(tmp_path: Path, monkeypatch:
     assert set(json.loads((out / "metrics.json").read_text())) == {"teacher", "baseline", "distilled"}
     data = (out / "data.jsonl").read_text().splitlines()
     assert len(data) >= 20 and json.loads(data[0])["segments"][1][1] is True  # the answer is supervised
+    card = (out / "student" / "README.md").read_text()  # the distilled student is kept, with its card
+    assert (out / "student" / "model.safetensors").is_file() and "(`taori2023alpaca`)" in card
     assert {"baseline", "data", "distill", "total"} <= set(json.loads((out / "seconds.json").read_text()))
     shown = console.export_text()
     assert "alpaca: data pipeline" in shown and "teacher requests" in shown  # the counts table
