@@ -64,7 +64,7 @@ def run(args: argparse.Namespace) -> list[dict[str, object]]:
     for fraction in args.sizes:
         shape = student_shape(teacher, fraction)
         for init in args.inits:
-            recipe = get_method("minima").build(size_ratio=fraction, importance=args.importance)
+            recipe = get_method("minima").build_recipe(size_ratio=fraction, importance=args.importance)
             if init == "random":
                 recipe = replace(recipe, build_student=RandomOfShape(fraction))
             started = time.perf_counter()

@@ -67,7 +67,7 @@ def build_recipe(method_id: str, overrides: dict[str, str]) -> Any:
         )
     values = {name: _coerce(name, raw, defaults[name]) for name, raw in overrides.items()}
     try:
-        recipe = registration.build(**values)
+        recipe = registration.build_recipe(**values)
         _probe(recipe)
     except ValueError as error:
         raise RunError(f"{method_id}: {error}") from None

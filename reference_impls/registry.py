@@ -36,10 +36,6 @@ class MethodRegistration:
     module: str
     build_recipe: Callable[..., Any]
 
-    def build(self, **overrides: Any) -> Any:
-        """The recipe with ``overrides`` applied (its resolved hyper-parameters stamped on it)."""
-        return self.build_recipe(**overrides)
-
     def defaults(self) -> dict[str, Any]:
         """The builder's keyword defaults: the hyper-parameters a user may override."""
         signature = inspect.signature(self.build_recipe)

@@ -42,7 +42,6 @@ Objective = Callable[[Tensor, Tensor | None, Tensor], Tensor]
 """``(student_logits [B,T,V], teacher_logits [B,T,V] | None, labels [B,T]) -> scalar loss``."""
 
 
-
 class StepLoss(ABC):
     """A loss computed from the models and the whole batch, for methods that need more than aligned
     logits of one batch (MiniLLM: rollouts, stored log-probs and a language-modelling batch; ULD and

@@ -155,6 +155,7 @@ class StringSuiteRun:
         # the recipe object stays as it was built and running it again gives the same outcome.
         self.data, self.loss = copy.deepcopy(recipe.data), copy.deepcopy(recipe.loss)
         self.source = self.data if isinstance(self.data, OnlineSource) else None
+        self.code = source_digest(*_CODE)  # read once: the cache keys and the top-k file use it
         self.baseline_cached = False
         self.teacher_signals: dict[str, Any] = {}
 
@@ -273,7 +274,7 @@ class StringSuiteRun:
         return {
             "suite": SUITE_VERSION,
             "metrics": METRIC_NAMES,  # a new metric must not be read from an older cache entry
-            "code": source_digest(*_CODE),
+            "code": self.code,
             "teacher": self.teacher_id,
             "data": self.data_id,
             "eval_size": len(self.test),
@@ -323,8 +324,7 @@ class StringSuiteRun:
     # 5. The distilled student's sequences: the recipe's data source.
     def distillation_data(self) -> list[str]:
         context = SourceContext(teacher=self.teacher, tokenizer=self.tokenizer, max_new_tokens=self.max_new_tokens)
-        self.responses = self.data.responses(self.train, context)
-        return self.responses
+        return self.data.responses(self.train, context)
 
     # 6. The distilled student: the recipe's loss on those sequences, same start and budget.
     def train_distilled(self, responses: list[str]) -> list[float]:
@@ -351,7 +351,7 @@ class StringSuiteRun:
                 self.source is not None or isinstance(loss, StepLoss),
                 k=config.teacher_topk,
                 teacher=self.teacher,
-                identity={"teacher": self.teacher_id, "data": self.data_id},
+                identity={"teacher": self.teacher_id, "data": self.data_id, "code": self.code},
                 responses=responses,
                 loader=self._loader(responses),
                 batch_size=config.batch_size,

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -17,14 +16,12 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 from transformers import PreTrainedModel
 
-from reference_impls.core.cache import cache_root, digest, source_digest
+from reference_impls.core.cache import cache_root, digest
 from reference_impls.core.logits_loss import WordLevelObjective
 from reference_impls.core.training import Loss, StepLoss, aligned_logits
 from reference_impls.losses import forward_kl, reverse_kl
 from reference_impls.losses.topk import topk_divergence
 from reference_impls.teachers.topk import TopKTeacherSignals, load_topk, precompute_topk, topk_kwargs
-
-_CODE = (Path(__file__).parent, Path(__file__).parents[1] / "core")
 
 
 @dataclass(frozen=True)
@@ -61,7 +58,8 @@ def offline_topk_loss(
     progress: bool,
 ) -> tuple[TopKTeacherLoss, dict[str, Any]]:
     """Precompute (or reuse) the teacher's top-k file for these training sequences; return the loss
-    that trains from it and what to record in the run config.
+    that trains from it and what to record in the run config. ``identity`` names the teacher, the
+    data and the code the file is computed with (its cache key, with the responses).
 
     Raises:
         ValueError: ``loss`` is not a token-level forward or reverse KL, or the data is online.
@@ -73,7 +71,7 @@ def offline_topk_loss(
             f"'{method_id}' is not one (use e.g. forward-kl or reverse-kl, without --source student/mixed)"
         )
     temperature = float(loss.hyperparameters.get("temperature", 1.0))
-    fingerprint = digest({**identity, "responses": list(responses), "code": source_digest(*_CODE)})
+    fingerprint = digest({**identity, "responses": list(responses)})
     path = cache_root() / "teacher-topk" / f"{fingerprint}-k{k}-t{temperature:g}.safetensors"
     # Same rows, in index order, for the one-off pass.
     ordered = DataLoader(loader.dataset, batch_size=batch_size, shuffle=False, collate_fn=loader.collate_fn)

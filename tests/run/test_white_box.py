@@ -196,7 +196,7 @@ def test_the_same_recipe_object_runs_twice_with_the_same_outcome(
     # run must start from the recipe as built, not from what an earlier run left in it.
     from reference_impls.registry import get_method
 
-    recipe = get_method(method_id).build()
+    recipe = get_method(method_id).build_recipe()
     config = RunConfig(device="cpu", **{**tiny_run, "steps": 4})
     first = run_recipe(recipe, config, teacher_recipe=QUICK_RECIPE)
     second = run_recipe(recipe, config, teacher_recipe=QUICK_RECIPE)

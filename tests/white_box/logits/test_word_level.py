@@ -54,7 +54,7 @@ def test_every_recipe_of_the_module_is_one_divergence_of_the_loss_api() -> None:
 @pytest.mark.parametrize("method_id", sorted(EXPECTED))
 def test_recipe_is_its_divergence_on_the_datasets_responses(method_id: str) -> None:
     divergence, defaults = EXPECTED[method_id]
-    recipe = registered_methods()[method_id].build()
+    recipe = registered_methods()[method_id].build_recipe()
     assert recipe.method_id == method_id and isinstance(recipe.data, DatasetResponses)
     assert recipe.hyperparameters == defaults == registered_methods()[method_id].defaults()
     assert recipe.loss == WordLevelObjective(method_id, divergence, defaults)
