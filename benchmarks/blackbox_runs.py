@@ -1,11 +1,11 @@
 """Run every black-box (instruction-following) method's default ``kdatlas run``, side by side.
 
-    python benchmarks/blackbox_runs.py [--methods alpaca,lion] [--write] [--reuse-teacher]
+    python benchmarks/blackbox_runs.py [--methods alpaca,lion] [--write]
 
 With a fresh cache directory, so nothing is reused from earlier runs, it measures:
 
-1. the embedded instruction teacher's first-use training, and its exact accuracy per meta-task
-   (the teacher card);
+1. nothing for the teacher: the shipped embedded instruction teacher is used, and its card (exact
+   accuracy per meta-task, its build time when it was shipped) is reported;
 2. every black-box method's default run twice: the first generates its data with the teacher
    (the response cache starts empty, except what earlier methods in the same benchmark cached —
    Alpaca's instructions are shared with GPT-4-LLM and the reflection methods, as a user's runs
@@ -71,12 +71,6 @@ def main() -> None:
         "--keep-cache", action="store_true", help="use the normal cache instead of a fresh one"
     )
     parser.add_argument(
-        "--reuse-teacher",
-        action="store_true",
-        help="reuse the already built instruction teacher (its build is then not timed); the "
-        "response cache still starts empty",
-    )
-    parser.add_argument(
         "--noise-method",
         default="alpaca",
         help="method rerun at other seeds to show the seed-to-seed spread (default: alpaca; '' skips)",
@@ -95,24 +89,17 @@ def main() -> None:
     from reference_impls.registry import registered_methods
     from reference_impls.run import RunConfig, run_recipe
     from reference_impls.run.instructions import DEFAULT_STEPS
-    from reference_impls.teachers.instruct import instruct_teacher_dir, load_or_train_instruct_teacher
+    from reference_impls.teachers import catalog
+    from reference_impls.teachers.instruct import load_or_train_instruct_teacher
 
-    built = instruct_teacher_dir()
     if not args.keep_cache:
         os.environ["KDATLAS_CACHE"] = tempfile.mkdtemp(prefix="kdatlas-blackbox-bench-")
-        if args.reuse_teacher and (built / "teacher_card.json").exists():
-            # Only the teacher is reused (its build is timed separately); responses start empty.
-            target = instruct_teacher_dir()
-            target.parent.mkdir(parents=True)
-            target.symlink_to(built)
     torch.set_num_threads(min(2, os.cpu_count() or 1))
-    reused = instruct_teacher_dir().is_symlink()
-    start = time.perf_counter()
-    load_or_train_instruct_teacher("cpu", progress=False)
-    teacher_seconds = None if reused else time.perf_counter() - start
-    card = json.loads((instruct_teacher_dir() / "teacher_card.json").read_text())
-    build = "reused, not timed" if teacher_seconds is None else f"{teacher_seconds:.0f} s"
-    print(f"instruction teacher build: {build}; accuracy per meta-task: {card['meta_task_accuracy']}")
+    teacher = catalog.TEACHERS["instructions"]
+    load_or_train_instruct_teacher("cpu", progress=False)  # the shipped one: trains nothing
+    card = catalog.status(teacher)["card"]
+    build = "shipped" if catalog.status(teacher)["shipped"] else "trained on first use"
+    print(f"instruction teacher: {build}; accuracy per meta-task: {card['meta_task_accuracy']}")
 
     pipelines = sorted(
         m for m, r in registered_methods().items() if isinstance(build_recipe(m, {}).data, TextPipeline)
@@ -197,7 +184,7 @@ def main() -> None:
         for row in rows:
             (RESULTS / f"{row['method']}.json").write_text(json.dumps(row, indent=2, default=str) + "\n")
         (RESULTS / "teacher_card.json").write_text(
-            json.dumps({**card, "build_seconds": teacher_seconds}, indent=2) + "\n"
+            json.dumps(card, indent=2) + "\n"
         )
         lines = [
             f"Produced by `python benchmarks/blackbox_runs.py --write` on {platform.machine()}, "
@@ -276,7 +263,7 @@ def main() -> None:
         accuracy = card["meta_task_accuracy"]
         lines += [
             "",
-            f"The instruction teacher ({card['key']}; build {build}), greedy exact accuracy per meta-task "
+            f"The instruction teacher ({card['key']}, {build}), greedy exact accuracy per meta-task "
             "on 100 held-out prompts each (the teacher card):",
             "",
             "| " + " | ".join(accuracy) + " |",

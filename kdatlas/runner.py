@@ -8,13 +8,19 @@ line values into a recipe and a run config, prints the comparison table, and wri
 - ``curves.png`` and ``curves.json``: the training losses of the baseline and distilled students;
 - ``student/``: the distilled student as a Hugging Face checkpoint (``save_pretrained``, with its
   tokenizer) and its model card (``README.md``: method, hyper-parameters, teacher, data, results,
-  papers, the command that reproduces it).
+  papers, the command that reproduces it);
+- ``request.json`` (written first): the method, overrides, source and run config asked for, which
+  ``kdatlas run --resume DIR`` reads back;
+- ``checkpoints/`` while it trains (`reference_impls.core.checkpoints`; removed when the run ends,
+  unless kept), and ``logs/`` when a tracker such as TensorBoard is installed.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 import time
+from dataclasses import asdict, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -108,6 +114,18 @@ def _probe(recipe: Any) -> None:
 def default_run_dir(method_id: str) -> Path:
     """``runs/<id>-<YYYYmmdd-HHMMSS>`` in the current directory."""
     return Path("runs") / f"{method_id}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def _shared_run_dir(method_id: str, config: Any) -> Path:
+    """`default_run_dir`, the same on every process of a distributed launch (the main one's)."""
+    from accelerate.utils import broadcast_object_list
+
+    from reference_impls.run.setup import distributed_state
+
+    names = [str(default_run_dir(method_id))]
+    if distributed_state(config).num_processes > 1:
+        broadcast_object_list(names)
+    return Path(names[0])
 
 
 def comparison_table(method_id: str, metrics: dict[str, dict[str, float]]) -> Table:
@@ -231,6 +249,41 @@ def write_data(path: Path, examples: Any) -> None:
     path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
 
 
+REQUEST = "request.json"
+
+
+def write_request(out: Path, method_id: str, overrides: dict[str, str], source: str | None, config: Any) -> None:
+    """What was asked for, so that ``--resume`` runs exactly it again (JSON, written atomically)."""
+    out.mkdir(parents=True, exist_ok=True)
+    request = {"method_id": method_id, "overrides": overrides, "source": source, "config": asdict(config)}
+    staging = out / f".{REQUEST}"
+    staging.write_text(json.dumps(request, indent=2) + "\n", encoding="utf-8")
+    staging.replace(out / REQUEST)
+
+
+def read_request(run_dir: Path) -> tuple[str, dict[str, str], str | None, Any]:
+    """``(method_id, overrides, source, config)`` of the run started in ``run_dir``.
+
+    Raises:
+        RunError: No run was started there, or its ``request.json`` is not one this version reads.
+    """
+    from reference_impls.core.recipe import RunConfig
+
+    path = run_dir / REQUEST
+    if not path.is_file():
+        raise RunError(f"{run_dir} holds no {REQUEST}: it is not a run directory of `kdatlas run` (nothing to resume)")
+    try:
+        request = json.loads(path.read_text(encoding="utf-8"))
+        known = {f.name for f in fields(RunConfig)}
+        unknown = sorted(set(request["config"]) - known)
+        if unknown:
+            raise RunError(f"{path}: unknown run options {', '.join(unknown)} (written by another kdatlas version?)")
+        overrides = {str(k): str(v) for k, v in request["overrides"].items()}
+        return str(request["method_id"]), overrides, request["source"], RunConfig(**request["config"])
+    except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as error:
+        raise RunError(f"{path} is damaged ({error}); start a new run") from None
+
+
 def run_method(
     method_id: str,
     config: Any = None,
@@ -239,6 +292,7 @@ def run_method(
     overrides: dict[str, str] | None = None,
     source: str | None = None,
     console: Console | None = None,
+    keep_checkpoints: bool = False,
     **run_options: Any,
 ) -> Any:
     """Run ``method_id`` end to end and write its run directory; returns the `RunResult`.
@@ -247,6 +301,11 @@ def run_method(
     ``run_options`` go to `reference_impls.run.run_recipe` unchanged (tests pass a few-step
     ``teacher_recipe`` or a ready ``teacher``). ``source`` replaces the recipe's data source (the
     second axis), e.g. ``"mixed:0.5"``: any token-level objective runs on any source.
+
+    The run checkpoints its training into ``out/checkpoints`` (unless ``config.checkpoint_dir``
+    names another folder) and resumes from what is there: running again into the same ``out``
+    after a kill continues where it stopped (`resume_run`). The checkpoints are removed when the
+    run has written its results, unless ``keep_checkpoints``.
     """
     import transformers
 
@@ -258,15 +317,26 @@ def run_method(
     recipe = build_recipe(method_id, overrides or {})
     if source is not None:
         recipe = with_source(recipe, source)
+    config = config or RunConfig()
+    out = out or _shared_run_dir(method_id, config)
+    config = replace(
+        config,
+        checkpoint_dir=config.checkpoint_dir or str(out / "checkpoints"),
+        logging_dir=config.logging_dir or str(out / "logs"),
+    )
     # Our own progress bars tell the story; transformers' per-load bars would interleave with them.
     transformers.logging.disable_progress_bar()
     try:
-        result = run_recipe(recipe, config or RunConfig(), **run_options)
+        from reference_impls.run.setup import check_device, distributed_state
+
+        check_device(config)
+        if distributed_state(config).is_main_process:
+            write_request(out, method_id, overrides or {}, source, config)
+        result = run_recipe(recipe, config, **run_options)
     except (FileNotFoundError, OSError, ValueError) as error:
         raise RunError(str(error)) from None
     if not result.metrics:  # a non-main process of a distributed launch
         return result
-    out = out or default_run_dir(method_id)
     write_run_dir(out, result)
     files = ["config.json", "metrics.json", "curves.png", "seconds.json"]
     if save_student(out, result) is not None:  # the distilled model, loadable with from_pretrained
@@ -279,5 +349,21 @@ def run_method(
     sentence = pipeline_verdict(result.metrics) if "pipeline" in result.config else verdict(result.metrics)
     if sentence:
         console.print(sentence)
+    if not keep_checkpoints and Path(config.checkpoint_dir) == out / "checkpoints":
+        shutil.rmtree(out / "checkpoints", ignore_errors=True)  # the results are written: nothing to resume
     console.print(f"[dim]run directory: {out} ({', '.join(files)})[/]")
     return result
+
+
+def resume_run(run_dir: Path, *, progress: bool = True, console: Console | None = None, **options: Any) -> Any:
+    """Continue the run started in ``run_dir`` from its checkpoints (``kdatlas run --resume``):
+    the same method, overrides, source and config as asked for then.
+
+    Raises:
+        RunError: Not a run directory, or a run that has finished (its results are there).
+    """
+    method_id, overrides, source, config = read_request(run_dir)
+    if (run_dir / "metrics.json").exists():
+        raise RunError(f"the run in {run_dir} has finished (see its metrics.json and student/): nothing to resume")
+    config = replace(config, progress=progress)
+    return run_method(method_id, config, out=run_dir, overrides=overrides, source=source, console=console, **options)

@@ -4,7 +4,8 @@ Heavy imports (torch, transformers, mkdocs) happen inside the commands that need
 ``kdatlas list`` and ``kdatlas validate`` start quickly.
 
 One module per verb group: `browse` (list, show, stats, cite, export, schema), `author` (new,
-validate), `run` (run, serve-teacher) and `docs` (docs build, docs serve); `common` holds what
+validate), `run` (run, serve-teacher), `teachers` (teachers list, teachers build) and `docs` (docs build,
+docs serve); `common` holds what
 they share. The commands are registered below, in the order ``kdatlas --help`` lists them.
 """
 
@@ -12,7 +13,7 @@ from __future__ import annotations
 
 import typer
 
-from kdatlas.cli import author, browse, docs, run
+from kdatlas.cli import author, browse, docs, run, teachers
 
 app = typer.Typer(
     help="kdatlas — a survey-as-code knowledge base for knowledge distillation of LLMs.",
@@ -21,6 +22,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.add_typer(docs.docs_app, name="docs")
+app.add_typer(teachers.teachers_app, name="teachers")
 
 app.command("list")(browse.list_entries)
 app.command("show")(browse.show)

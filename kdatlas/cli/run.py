@@ -30,8 +30,17 @@ class Device(str, Enum):
     cuda = "cuda"
 
 
+class Precision(str, Enum):
+    auto = "auto"
+    fp32 = "fp32"
+    bf16 = "bf16"
+
+
 def run(
-    method_id: Annotated[str, typer.Argument(metavar="ID", help="An implemented entry id, e.g. forward-kl.")],
+    method_id: Annotated[
+        str | None,
+        typer.Argument(metavar="ID", help="An implemented entry id, e.g. forward-kl (not needed with --resume)."),
+    ] = None,
     device: Annotated[Device, typer.Option(help="auto picks CUDA when available.")] = Device.auto,
     steps: Annotated[
         int | None, typer.Option(min=1, help="Training steps (default: the method's embedded budget).")
@@ -91,10 +100,38 @@ def run(
     trust_remote_code: Annotated[
         bool, typer.Option(help="Allow custom model code from the hub (off by default).")
     ] = False,
+    batch_size: Annotated[
+        int, typer.Option(min=1, help="Sequences per batch and process (effective batch: × accumulation × processes).")
+    ] = 32,
+    eval_size: Annotated[
+        int | None, typer.Option(min=1, help="Held-out items scored (default: the suite's, 210 or 240).")
+    ] = None,
+    gradient_accumulation: Annotated[
+        int, typer.Option(min=1, help="Batches per optimizer step (token-weighted: exactly one larger batch).")
+    ] = 1,
+    precision: Annotated[
+        Precision, typer.Option(help="auto: bf16 autocast on a GPU that supports it, else fp32.")
+    ] = Precision.auto,
+    checkpoint_every: Annotated[
+        int, typer.Option(min=1, help="Optimizer steps between checkpoints (in RUN_DIR/checkpoints).")
+    ] = 100,
+    keep_checkpoints: Annotated[
+        bool, typer.Option(help="Keep RUN_DIR/checkpoints after the run (removed by default once it ends).")
+    ] = False,
+    log_with: Annotated[
+        str,
+        typer.Option(help="Trackers for loss curves: auto (TensorBoard in RUN_DIR/logs when installed), none, "
+                     "or an Accelerate tracker such as tensorboard or wandb."),
+    ] = "auto",
+    resume: Annotated[
+        Path | None,
+        typer.Option(help="Continue a killed run from RUN_DIR's checkpoints, with the options it was started with.",
+                     metavar="RUN_DIR"),
+    ] = None,
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
 ) -> None:
     """Distil a student with a method and compare it with the baseline student and the teacher."""
-    from kdatlas.runner import RunError, run_method
+    from kdatlas.runner import RunError, resume_run, run_method
     from reference_impls.core.recipe import RunConfig
 
     endpoint = {"teacher_model": teacher_model, "api_key_env": api_key_env}
@@ -110,14 +147,49 @@ def run(
         trust_remote_code=trust_remote_code,
         teacher_topk=teacher_topk,
         progress=progress,
+        eval_size=eval_size,
+        batch_size=batch_size,
+        gradient_accumulation=gradient_accumulation,
+        precision=precision.value,
+        checkpoint_every=checkpoint_every,
+        log_with=log_with,
         **{name: value for name, value in endpoint.items() if value is not None},
     )
+    overrides = _parse_overrides(set_ or [])
     try:
+        if resume is not None:
+            _check_resume_options(method_id, resume, config, overrides, source, out)
+            resume_run(resume, progress=progress, console=console, keep_checkpoints=keep_checkpoints)
+            return
+        if method_id is None:
+            raise fail("give the method to run (e.g. `kdatlas run forward-kl`), or --resume RUN_DIR")
         run_method(
-            method_id, config, out=out, overrides=_parse_overrides(set_ or []), source=source, console=console
+            method_id, config, out=out, overrides=overrides, source=source, console=console,
+            keep_checkpoints=keep_checkpoints,
         )
     except RunError as error:
         raise fail(str(error)) from None
+
+
+def _check_resume_options(
+    method_id: str | None, run_dir: Path, config: object, overrides: dict, source: str | None, out: Path | None
+) -> None:
+    """With --resume the run's own options apply: refuse others rather than ignore them."""
+    from dataclasses import asdict
+
+    from kdatlas.runner import read_request
+    from reference_impls.core.recipe import RunConfig
+
+    started, _, _, _ = read_request(run_dir)
+    if method_id is not None and method_id != started:
+        raise fail(f"{run_dir} is a run of '{started}', not '{method_id}'")
+    given = {k for k, v in asdict(config).items() if k != "progress" and v != getattr(RunConfig(), k)}
+    if given or overrides or source or out:
+        extra = sorted(given) + (["--set"] if overrides else []) + (["--source"] if source else []) + (["--out"] if out else [])
+        raise fail(
+            f"--resume continues the run with the options it was started with; drop {', '.join(extra)} "
+            "(or start a new run)"
+        )
 
 
 def serve_teacher(

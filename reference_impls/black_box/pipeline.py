@@ -19,8 +19,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from accelerate import Accelerator
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from reference_impls.core.checkpoints import RunCheckpoints
 from reference_impls.core.generation import generate_responses
 from reference_impls.core.metrics import exact_match, mean_rouge_l
 from reference_impls.core.recipe import RunConfig, TeacherAccess
@@ -82,6 +84,7 @@ class PipelineContext:
     steps: int
     device: torch.device
     new_student: Callable[[], PreTrainedModel]
+    checkpoints: RunCheckpoints | None = None
     stats: dict[str, Any] = field(default_factory=dict)
 
     def ask(
@@ -132,9 +135,11 @@ class PipelineContext:
         steps: int,
         description: str,
         loss: Loss = cross_entropy_objective,
+        accelerator: Accelerator | None = None,
     ) -> list[float]:
         """Train ``model`` in place on ``examples`` (cross-entropy on their supervised segments, or
-        the recipe's ``loss``)."""
+        the recipe's ``loss``). A pipeline's own training runs in its process (``accelerator=None``);
+        the run trains the baseline and the distilled student with its accelerator."""
         return fine_tune(
             model,
             self.tokenizer,
@@ -146,6 +151,9 @@ class PipelineContext:
             seed=self.config.seed,
             progress=self.config.progress,
             description=description,
+            accelerator=accelerator,
+            gradient_accumulation=self.config.gradient_accumulation,
+            checkpoints=self.checkpoints,
         )
 
     def student_answers(self, model: PreTrainedModel, prompts: Sequence[str]) -> list[str]:

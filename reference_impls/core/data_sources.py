@@ -26,11 +26,12 @@ import random
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import ClassVar, Protocol
+from typing import Any, ClassVar, Protocol
 
 from torch import Tensor
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from reference_impls.core.checkpoints import as_random_state
 from reference_impls.core.generation import generate_responses
 from reference_impls.losses.numerics import check_unit_interval
 from reference_impls.tasks.strings import Example
@@ -158,6 +159,14 @@ class OnlineSource(DataSource):
         """Called with the student's cross-entropy on held-out data before training and then every
         `validation_interval` steps."""
 
+    def state_dict(self) -> dict[str, Any]:
+        """What changes while training, for checkpoints (`reference_impls.core.checkpoints`).
+        A source with more state (coins, buffers, rollouts) adds it."""
+        return {"origins": dict(getattr(self, "origins", {}))}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.origins = dict(state["origins"])
+
 
 @dataclass
 class MixedStudentData(OnlineSource):
@@ -196,6 +205,13 @@ class MixedStudentData(OnlineSource):
         if self.seq_kd:
             return sampler.from_teacher(fixed), "teacher"
         return fixed, "dataset"
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "coin": self._rng.getstate()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        self._rng.setstate(as_random_state(state["coin"]))
 
     def describe(self) -> dict[str, str]:
         """Name, λ, temperature, seq_kd."""
@@ -290,6 +306,21 @@ class AdaptiveStudentReplay(OnlineSource):
         elif loss >= self._previous_loss + self.loss_eps:
             self.threshold = min(1.0, self.threshold + self.threshold_step)
             self._previous_loss = loss
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            **super().state_dict(),
+            "threshold": self.threshold,
+            "previous_loss": self._previous_loss,
+            "buffer": list(self.buffer),
+            "coin": self._rng.getstate(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        self.threshold, self._previous_loss = state["threshold"], state["previous_loss"]
+        self.buffer = [dict(batch) for batch in state["buffer"]]
+        self._rng.setstate(as_random_state(state["coin"]))
 
     def describe(self) -> dict[str, str]:
         """The hyper-parameters and the final threshold."""

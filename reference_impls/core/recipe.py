@@ -134,6 +134,16 @@ class RunConfig:
             running the teacher at every step (token-level forward/reverse KL on fixed sequences).
         cache: The black-box response cache file; ``None`` → ``<cache root>/blackbox/responses.jsonl``.
         progress: Show progress bars.
+        gradient_accumulation: Batches per optimizer step, weighted by their target tokens (the
+            effective batch is ``batch_size × gradient_accumulation × processes``).
+        precision: ``"auto"`` (bf16 on a GPU that supports it, else fp32), ``"fp32"`` or ``"bf16"``
+            (autocast; weights and optimizer state stay fp32).
+        checkpoint_dir: Where the training phases save checkpoints and resume from (``kdatlas
+            run`` uses ``<run dir>/checkpoints``); ``None``: no checkpoints.
+        checkpoint_every: Optimizer steps between checkpoints of a phase.
+        log_with: Accelerate trackers for the loss curves: ``"auto"`` (TensorBoard when installed),
+            ``"none"``, or a tracker name (``tensorboard``, ``wandb``, ...).
+        logging_dir: Where trackers write (``kdatlas run``: ``<run dir>/logs``).
     """
 
     device: str = "auto"
@@ -156,3 +166,9 @@ class RunConfig:
     teacher_topk: int | None = None
     cache: str | None = None
     progress: bool = True
+    gradient_accumulation: int = 1
+    precision: str = "auto"
+    checkpoint_dir: str | None = None
+    checkpoint_every: int = 100
+    log_with: str = "auto"
+    logging_dir: str | None = None

@@ -276,6 +276,13 @@ class ModelSampler:
             vocab_size=self.vocab_size,
         )
 
+    def state_dict(self) -> dict[str, Tensor]:
+        """The sampling generator's state, for checkpoints."""
+        return {"generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict[str, Tensor]) -> None:
+        self.generator.set_state(state["generator"])
+
     def from_student(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         """The batch's prompts with responses sampled from the student (teacher-mixed if α > 0)."""
         return self._rollout(self.student, batch, self.teacher_mix)

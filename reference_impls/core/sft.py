@@ -15,14 +15,15 @@ short and long examples are not padded to each other: instruction data mixes 10-
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
 from accelerate import Accelerator
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, RandomSampler, Sampler
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from reference_impls.core.checkpoints import RunCheckpoints
 from reference_impls.core.tokenizer import pad_id
 from reference_impls.core.training import Loss, collate, cross_entropy_objective, train_student
 from reference_impls.tasks.instructions import TURN_SEPARATOR
@@ -105,15 +106,33 @@ def bucketed_loader(
         chunk = sorted(order[start : start + window], key=lambda i: len(rows[i][0]))
         batches += [chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size)]
     pad = pad_id(tokenizer)
-    # batch_size=None: each dataset item is already a batch (a list of row indices); the batch
-    # order is reshuffled every epoch from `seed`.
+    generator = torch.Generator().manual_seed(seed)
     return DataLoader(
-        batches,
-        batch_size=None,
-        shuffle=True,
-        generator=torch.Generator().manual_seed(seed),
+        list(range(len(rows))),
+        batch_sampler=ShuffledBatches(batches, generator),
+        generator=generator,
         collate_fn=lambda indices: collate([rows[i] for i in indices], pad),
     )
+
+
+class ShuffledBatches(Sampler[list[int]]):
+    """Fixed batches of row indices, in a new order every epoch drawn from ``generator``.
+
+    A batch sampler (not a dataset of batches) so that ``accelerate`` can give each process its
+    share of the batches; the order comes from a `RandomSampler` over the batches, so it is the
+    order a ``DataLoader(batches, batch_size=None, shuffle=True)`` would draw.
+    """
+
+    def __init__(self, batches: list[list[int]], generator: torch.Generator) -> None:
+        self.batches = batches
+        self.order = RandomSampler(range(len(batches)), generator=generator)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for index in self.order:
+            yield self.batches[index]
 
 
 def fine_tune(
@@ -129,9 +148,12 @@ def fine_tune(
     loss: Loss = cross_entropy_objective,
     progress: bool = True,
     description: str = "Supervised fine-tuning",
+    gradient_accumulation: int = 1,
+    checkpoints: RunCheckpoints | None = None,
 ) -> list[float]:
     """Train ``model`` in place on ``examples`` (by default token cross-entropy on their supervised
-    segments; a recipe may bring its own ``loss``); returns the loss curve."""
+    segments; a recipe may bring its own ``loss``); returns the loss curve. The remaining options
+    are `train_student`'s."""
     loader = bucketed_loader(tokenizer, examples, batch_size=batch_size, seed=seed)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -144,4 +166,6 @@ def fine_tune(
             learning_rate=learning_rate,
             progress=progress,
             description=description,
+            gradient_accumulation=gradient_accumulation,
+            checkpoints=checkpoints,
         )

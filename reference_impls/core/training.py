@@ -15,7 +15,13 @@ same loss chunk by chunk (``reference_impls.losses.fused``) without ever holding
 is the default once ``batch × seq × vocab`` reaches ``FUSED_MIN_LOGITS``; the embedded tiny models
 (vocabulary 100) stay far below it and use the readable logits path.
 
-It uses HF Accelerate, so ``accelerate launch`` (DDP, FSDP, DeepSpeed) scales it unchanged.
+It uses HF Accelerate, so ``accelerate launch`` (DDP) scales it unchanged, and the accelerator's
+mixed precision (bf16 on GPU) and trackers (TensorBoard) apply to it. With ``checkpoints`` it saves
+its state every few steps and resumes from it (`reference_impls.core.checkpoints`). With
+``gradient_accumulation = k`` an optimizer step sums the gradients of ``k`` loader batches, each
+weighted by its share of the step's target tokens (over all processes): for the per-token-mean
+losses of this package the step's gradient is then exactly the gradient of the per-token mean over
+all ``k`` batches — not the mean of ``k`` per-batch means, which over-weights short batches.
 """
 
 from __future__ import annotations
@@ -23,7 +29,8 @@ from __future__ import annotations
 import inspect
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
@@ -34,6 +41,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from reference_impls.core.checkpoints import RunCheckpoints, Stateful, restore_random_states, slug
 from reference_impls.core.data_sources import OnlineSource, Sampler
 from reference_impls.core.tokenizer import encode_pair, pad_id
 from reference_impls.losses import hard_label_ce
@@ -241,6 +249,8 @@ def train_student(
     validation_batches: DataLoader | None = None,
     progress: bool = True,
     description: str = "Training the student",
+    gradient_accumulation: int = 1,
+    checkpoints: RunCheckpoints | None = None,
 ) -> list[float]:
     """Train ``student`` in place for ``steps`` optimizer steps (cycling over ``batches``).
 
@@ -272,16 +282,25 @@ def train_student(
             ``source.on_validation`` before training and every ``source.validation_interval``
             steps (DistiLLM's adaptive schedule).
         progress: Show a progress bar (main process only).
-        description: Progress bar label.
+        description: Progress bar label; also names the phase's checkpoints and logged curves.
+        gradient_accumulation: Loader batches per optimizer step (token-weighted, see above).
+        checkpoints: Save this phase's state every ``checkpoints.every`` steps and at the end,
+            and resume from the latest saved state if there is one.
 
     Returns:
-        The loss at each step (of this process).
+        The loss at each step (of this process): the per-target-token mean over the step's batches.
     """
+    if gradient_accumulation < 1:
+        raise ValueError(f"gradient_accumulation must be ≥ 1, got {gradient_accumulation}")
+    phase = checkpoints.phase(description) if checkpoints is not None else None
+    resumed = phase.load(student, accelerator) if phase is not None else None  # weights, before wrapping
     optimizer = torch.optim.AdamW(student.parameters(), lr=learning_rate, weight_decay=weight_decay)
     warmup = max(1, int(warmup_fraction * steps))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: warmup_cosine(s, steps, warmup))
     if accelerator is not None:
-        model, optimizer, loader, scheduler = accelerator.prepare(student, optimizer, batches, scheduler)
+        # The schedule is stepped once per optimizer step, by us: Accelerate's wrapper would step it
+        # once per process and run through a `steps`-long schedule in steps / processes.
+        model, optimizer, loader = accelerator.prepare(student, optimizer, batches)
         device, backward, clip = accelerator.device, accelerator.backward, accelerator.clip_grad_norm_
         show = progress and accelerator.is_main_process
     else:
@@ -308,43 +327,106 @@ def train_student(
     def validate() -> None:
         source.on_validation(validation_loss(model, validation_batches, device, vocab_size))
 
+    def step_value(batch: dict[str, Any]) -> Tensor:
+        if step_loss is not None:
+            return step_loss(model, teacher, batch, vocab_size)
+        if heads_are_linear and use_fused_path(loss, batch["input_ids"].numel(), vocab_size or output_size, fused):
+            return _fused_loss(model, unwrapped, teacher, batch, loss, vocab_size)
+        return _logits_loss(model, teacher, batch, loss, vocab_size)
+
+    # What a checkpoint holds besides weights, optimizer and schedule: the stateful parts.
+    parts: dict[str, Stateful] = {
+        name: part for name, part in (("source", source), ("sampler", sampler), ("loss", loss))
+        if isinstance(part, Stateful)
+    }
+    data = _cycle(loader)
     curve: list[float] = []
+    if resumed is not None:
+        optimizer.load_state_dict(resumed.optimizer)
+        scheduler.load_state_dict(resumed.scheduler)
+        curve = resumed.curve
+        for _ in range(resumed.step * gradient_accumulation):  # the loader back at the same position
+            next(data)
+        for name, part in parts.items():
+            part.load_state_dict(resumed.parts[name])
+        restore_random_states(resumed.random)  # last: later draws are the uninterrupted run's
+    autocast = accelerator.autocast if accelerator is not None else nullcontext
+    log_key = slug(description)
     columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
     columns.append(TextColumn("loss {task.fields[loss]:.3f}"))
     model.train()
     with Progress(*columns, disable=not show, transient=False) as bar:
-        task = bar.add_task(description, total=steps, loss=float("nan"))
-        data = iter(loader)
-        if interval is not None:
+        task = bar.add_task(description, total=steps, completed=len(curve), loss=curve[-1] if curve else float("nan"))
+        if interval is not None and resumed is None:
             validate()  # the reference loss before training
         while len(curve) < steps:
-            try:
-                batch = next(data)
-            except StopIteration:  # a new epoch
-                data = iter(loader)
-                batch = next(data)
-            batch = {key: value.to(device) for key, value in batch.items()}
-            if source is not None:
-                batch = source.next_batch(len(curve), steps, batch, sampler)
-            if step_loss is not None:
-                value = step_loss(model, teacher, batch, vocab_size)
-            elif heads_are_linear and use_fused_path(
-                loss, batch["input_ids"].numel(), vocab_size or output_size, fused
-            ):
-                value = _fused_loss(model, unwrapped, teacher, batch, loss, vocab_size)
-            else:
-                value = _logits_loss(model, teacher, batch, loss, vocab_size)
-            backward(value)
+            micro_batches = []
+            for _ in range(gradient_accumulation):
+                batch = {key: value.to(device) for key, value in next(data).items()}
+                if source is not None:
+                    batch = source.next_batch(len(curve), steps, batch, sampler)
+                micro_batches.append(batch)
+            weights, shares = _token_weights(micro_batches, accelerator)
+            value_sum = 0.0
+            for index, (batch, weight, share) in enumerate(zip(micro_batches, weights, shares, strict=True)):
+                last = index == len(micro_batches) - 1
+                # Gradients are synchronised across processes once per optimizer step.
+                sync = nullcontext() if last or accelerator is None else accelerator.no_sync(model)
+                with sync, autocast():
+                    value = step_value(batch)
+                    backward(value * weight)
+                value_sum += value.item() * share
             clip(model.parameters(), max_grad_norm)
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
-            curve.append(value.item())
+            curve.append(value_sum)
             bar.update(task, advance=1, loss=curve[-1])
+            if accelerator is not None:
+                accelerator.log({f"{log_key}/loss": curve[-1], f"{log_key}/lr": scheduler.get_last_lr()[0]}, step=len(curve))
             if interval is not None and len(curve) % interval == 0 and len(curve) < steps:
                 validate()
+            if phase is not None and phase.due(len(curve), steps):
+                phase.save(len(curve), unwrapped, optimizer, scheduler, curve, parts, accelerator)
     model.eval()
     return curve
+
+
+def _cycle(loader: DataLoader) -> Iterator[dict[str, Tensor]]:
+    """The loader's batches, epoch after epoch."""
+    while True:
+        yield from loader
+
+
+def target_tokens(batch: dict[str, Any]) -> int:
+    """Positions a batch's loss is averaged over: labels other than -100 after the shift."""
+    labels = batch.get("labels")
+    return 0 if labels is None else int((labels[:, 1:] != -100).sum())
+
+
+def _token_weights(
+    batches: list[dict[str, Any]], accelerator: Accelerator | None
+) -> tuple[list[float], list[float]]:
+    """Per micro-batch: the weight of its (per-token mean) loss in the backward pass, and its share
+    of this process's tokens (for the logged loss).
+
+    Weight ``n_i · P / N`` (``n_i`` tokens of the micro-batch, ``N`` over all micro-batches of every
+    process, ``P`` processes, whose gradients DDP averages) makes the step's gradient that of the
+    per-token mean over all of them. One batch on one process: weight 1, as without accumulation.
+    """
+    counts = [target_tokens(batch) for batch in batches]
+    local = sum(counts)
+    processes, total = 1, local
+    if accelerator is not None and accelerator.num_processes > 1:
+        processes = accelerator.num_processes
+        device = accelerator.device
+        total = int(accelerator.reduce(torch.tensor(local, device=device), reduction="sum"))
+    if total == 0:  # no target tokens anywhere (a step loss without labels): plain averaging
+        return [1.0 / len(batches)] * len(batches), [1.0 / len(batches)] * len(batches)
+    shares = [count / local if local else 1.0 / len(batches) for count in counts]
+    if len(batches) == 1 and processes == 1:
+        return [1.0], shares
+    return [count * processes / total for count in counts], shares
 
 
 @torch.no_grad()

@@ -28,6 +28,7 @@ from reference_impls.core.data_sources import DataSource
 from reference_impls.core.recipe import Recipe, RunConfig
 from reference_impls.core.sft import TrainingExample
 from reference_impls.run.instructions import InstructionSuiteRun
+from reference_impls.run.setup import check_device
 from reference_impls.run.strings import METRIC_NAMES, StringSuiteRun
 from reference_impls.teachers.embedded import TeacherRecipe
 from reference_impls.teachers.instruct import InstructTeacherRecipe
@@ -65,10 +66,7 @@ class RunResult:
 
 def _suite_run(recipe: Recipe, config: RunConfig, teacher_recipe: Any, teacher: Any) -> Any:
     """The steps of the recipe's evaluation suite, with the config checked against them."""
-    if config.device not in ("auto", "cpu", "cuda"):
-        raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', got {config.device!r}")
-    if config.device == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device 'cuda' requested but no GPU is available — use --device cpu")
+    check_device(config)
     if recipe.evaluation not in EVALUATIONS:
         raise ValueError(f"unknown evaluation {recipe.evaluation!r} — choose one of {', '.join(EVALUATIONS)}")
     strings = recipe.evaluation == "strings"
@@ -134,6 +132,7 @@ def run_recipe(
             curves["distilled"] = run.train_distilled(data)
         with timed("distilled_eval"):  # 7. the distilled student scored
             metrics["distilled"] = run.score_distilled()
+    run.accelerator.end_training()  # flush the trackers
     record = {  # 8. the record
         "method_id": recipe.method_id,
         "hyperparameters": dict(recipe.hyperparameters),

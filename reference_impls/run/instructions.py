@@ -29,6 +29,7 @@ from reference_impls.core.cache import cache_root
 from reference_impls.core.models import build_student, count_parameters
 from reference_impls.core.recipe import Recipe, RunConfig
 from reference_impls.core.tokenizer import build_tokenizer
+from reference_impls.run.setup import make_accelerator, make_checkpoints, mixed_precision
 from reference_impls.tasks import instructions as suite
 from reference_impls.teachers.http import OpenAICompatibleTeacher
 from reference_impls.teachers.instruct import (
@@ -55,8 +56,6 @@ def resolve_teacher(config: RunConfig, device: torch.device, teacher_recipe: Ins
 class InstructionSuiteRun:
     """One run on the instruction suite; `reference_impls.run.run_recipe` calls the steps in order."""
 
-    is_main_process = True  # black-box runs are single-process
-
     def __init__(
         self,
         recipe: Recipe,
@@ -81,8 +80,13 @@ class InstructionSuiteRun:
         self.evaluation = EVALUATIONS[recipe.evaluation]
         self.steps = config.steps if config.steps is not None else DEFAULT_STEPS
         self.eval_size = config.eval_size if config.eval_size is not None else DEFAULT_EVAL_SIZE
-        self.device = torch.device("cuda" if config.device != "cpu" and torch.cuda.is_available() else "cpu")
+        self.accelerator = make_accelerator(config, recipe.method_id)
+        self.device = self.accelerator.device
         self.cache_path = Path(config.cache) if config.cache else cache_root() / "blackbox" / "responses.jsonl"
+
+    @property
+    def is_main_process(self) -> bool:
+        return self.accelerator.is_main_process
 
     # 1. The teacher, through text only.
     def load_teacher(self) -> None:
@@ -117,6 +121,7 @@ class InstructionSuiteRun:
             steps=self.steps,
             device=device,
             new_student=new_student,
+            checkpoints=make_checkpoints(config),
         )
         self.test = self.evaluation.examples(self.eval_size)
 
@@ -125,7 +130,10 @@ class InstructionSuiteRun:
         return score(predictions, self.test, self.evaluation)
 
     # 3. The teacher scored, through the same text interface the pipeline uses (greedy, cached).
+    # Only the main process evaluates.
     def score_teacher(self) -> dict[str, float]:
+        if not self.is_main_process:
+            return {}
         prompts = [e.prompt for e in self.test]
         answers = self.context.ask(prompts, tag="evaluation", stop=(suite.TURN_SEPARATOR,))
         return score([c.text for c in answers], self.test, self.evaluation)
@@ -134,12 +142,17 @@ class InstructionSuiteRun:
     def train_baseline(self) -> tuple[list[float], dict[str, float]]:
         baseline = self.new_student()
         self.seed_data = self.evaluation.baseline_data(self.context.seeds, self.config.seed_tasks, self.config.seed)
-        curve = self.context.fine_tune(baseline, self.seed_data, self.steps, "Baseline student (seed data only)")
-        return curve, self._score(baseline)
+        description = "Baseline student (seed data only)"
+        curve = self.context.fine_tune(baseline, self.seed_data, self.steps, description, accelerator=self.accelerator)
+        baseline = self.accelerator.unwrap_model(baseline)
+        return curve, self._score(baseline) if self.is_main_process else {}
 
-    # 5. The method's data pipeline (teacher calls cached).
+    # 5. The method's data pipeline (teacher calls cached). Under `accelerate launch` the main
+    # process runs it first (its teacher calls fill the cache, its inner training checkpoints),
+    # then the others run it from the cache: every process trains on the same data.
     def distillation_data(self) -> DistilledData:
-        data = self.recipe.data.build(self.context)
+        with self.accelerator.main_process_first():
+            data = self.recipe.data.build(self.context)
         if not data.examples and data.student is None:
             counts = ", ".join(f"{k}: {v}" for k, v in self.context.stats.items())
             raise ValueError(
@@ -158,11 +171,15 @@ class InstructionSuiteRun:
             return self.context.stats.pop("curve", [])
         self.distilled = self.new_student()
         description = f"Distilled student ({self.recipe.method_id})"
-        return self.context.fine_tune(self.distilled, data.examples, self.steps, description, loss=self.recipe.loss)
+        curve = self.context.fine_tune(
+            self.distilled, data.examples, self.steps, description, loss=self.recipe.loss, accelerator=self.accelerator
+        )
+        self.distilled = self.accelerator.unwrap_model(self.distilled)
+        return curve
 
     # 7. The distilled student scored.
     def score_distilled(self) -> dict[str, float]:
-        return self._score(self.distilled)
+        return self._score(self.distilled) if self.is_main_process else {}
 
     def distilled_student(self) -> tuple[PreTrainedModel, Any]:
         """The distilled student and its tokenizer."""
@@ -186,4 +203,6 @@ class InstructionSuiteRun:
             "baseline_examples": len(self.seed_data),
             "cache": str(self.cache_path),
             "device": str(self.device),
+            "precision": mixed_precision(self.config),
+            "processes": self.accelerator.num_processes,
         }

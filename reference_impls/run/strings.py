@@ -16,14 +16,12 @@ the baseline (token KL about 1.26-1.47 vs 1.44-1.56 over seeds 0-2); exact match
 from __future__ import annotations
 
 import copy
-import os
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import torch
-from accelerate import Accelerator
 from torch.utils.data import DataLoader
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
@@ -49,6 +47,7 @@ from reference_impls.core.training import (
     needs_teacher,
     train_student,
 )
+from reference_impls.run.setup import make_accelerator, make_checkpoints, mixed_precision
 from reference_impls.run.topk import offline_topk_loss
 from reference_impls.tasks.strings import SUITE_VERSION, Example, load_jsonl, make_split
 from reference_impls.teachers.embedded import TeacherRecipe, load_or_train_teacher, teacher_key
@@ -125,11 +124,6 @@ def evaluate(
     }
 
 
-def _cpu_threads(processes: int) -> int:
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return max(1, cores // processes)
-
-
 class StringSuiteRun:
     """One run on the string suite; `reference_impls.run.run_recipe` calls the steps in order."""
 
@@ -145,10 +139,9 @@ class StringSuiteRun:
         self.sft_steps = config.sft_steps if config.sft_steps is not None else DEFAULT_SFT_STEPS
         self.eval_size = config.eval_size if config.eval_size is not None else DEFAULT_EVAL_SIZE
         self.max_new_tokens = config.max_new_tokens or DEFAULT_MAX_NEW_TOKENS
-        self.accelerator = Accelerator(cpu=config.device == "cpu")
+        self.accelerator = make_accelerator(config, recipe.method_id)
         self.device = self.accelerator.device
-        if self.device.type == "cpu":
-            torch.set_num_threads(_cpu_threads(self.accelerator.num_processes))
+        self.checkpoints = make_checkpoints(config)
         self.remote = {"trust_remote_code": config.trust_remote_code}
         # Online sources keep state while training (origin counts, the current rollout, a replay
         # buffer) and step losses may hold trained modules: each run works on its own copies, so
@@ -256,6 +249,8 @@ class StringSuiteRun:
             vocab_size=self.vocab_size,
             progress=self.config.progress,
             description=description,
+            gradient_accumulation=self.config.gradient_accumulation,
+            checkpoints=self.checkpoints,
         )
 
     def _score(self, model: PreTrainedModel) -> dict[str, float]:
@@ -305,6 +300,8 @@ class StringSuiteRun:
             "seed": config.seed,
             "learning_rate": config.learning_rate,
             "batch_size": config.batch_size,
+            "gradient_accumulation": config.gradient_accumulation,
+            "precision": mixed_precision(config),
             "processes": self.accelerator.num_processes,
         }
         path = cache_root() / "runs" / f"baseline-{digest(key)}.json"
@@ -380,6 +377,8 @@ class StringSuiteRun:
             validation_batches=self._loader([e.response for e in validation], validation) if self.source else None,
             progress=config.progress,
             description=f"Distilled student ({recipe.method_id})",
+            gradient_accumulation=config.gradient_accumulation,
+            checkpoints=self.checkpoints,
         )
 
     # 7. The distilled student scored.
@@ -408,6 +407,7 @@ class StringSuiteRun:
             "student": {"id": self.student_id, "parameters": self.student_size},
             "data": {"id": self.data_id, "train_examples": len(self.train), "eval_examples": len(self.test)},
             "device": str(self.device),
+            "precision": mixed_precision(self.config),
             "processes": self.accelerator.num_processes,
             "baseline_cached": self.baseline_cached,
         }

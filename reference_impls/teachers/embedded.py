@@ -1,4 +1,12 @@
-"""The embedded teacher: trained on first use, then loaded from the user's cache.
+"""The embedded teacher: shipped with the package, else trained on first use and cached.
+
+The project ships the teachers its own recipes train (`reference_impls/teachers/shipped/`, package
+data: safetensors weights, tokenizer and card, in a folder named by the recipe's key), so a first
+run on a fresh machine trains no teacher and every machine uses the same weights — training is
+deterministic for a seed and a thread count, but not across machines and thread counts, and a
+teacher rebuilt elsewhere scores differently. A recipe without a shipped entry (a test's few-step
+recipe, an edited default) is trained on first use and cached. `reference_impls.teachers.catalog`
+rebuilds the shipped ones (``kdatlas teachers build``) and compares.
 
 The cache key combines the suite version with a hash of everything that determines the weights
 (model config, tokenizer vocabulary, training recipe), so changing any of them trains a new
@@ -19,6 +27,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import platform
 import shutil
 import tempfile
 from collections.abc import Callable
@@ -38,6 +47,8 @@ from reference_impls.core.training import cross_entropy_objective, make_dataload
 from reference_impls.tasks.strings import SUITE_VERSION, TASK_NAMES, make_split
 
 TEACHER_MESSAGE = "Training the embedded teacher (first use, cached afterwards)…"
+SHIPPED_ROOT = Path(__file__).parent / "shipped"
+"""Package data: the teachers of the default recipes, one folder per entry key."""
 
 
 @dataclass(frozen=True)
@@ -117,10 +128,21 @@ def train_teacher(
     return model, tokenizer
 
 
+def build_teacher(
+    recipe: TeacherRecipe, device: str | torch.device = "cpu", progress: bool = True
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, dict[str, Any]]:
+    """Train the teacher and score it: ``(model, tokenizer, card)``, the card holding the recipe and
+    the held-out exact match."""
+    model, tokenizer = train_teacher(recipe, str(device), progress)
+    test = make_split("test", 210, seed=recipe.seed)
+    predictions = generate_responses(model, tokenizer, [e.prompt for e in test])
+    return model, tokenizer, {"recipe": asdict(recipe), "test_exact_match": exact_match(predictions, test)}
+
+
 def load_or_train_teacher(
     device: str | torch.device = "cpu", progress: bool = True, *, recipe: TeacherRecipe = TeacherRecipe()
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """The cached embedded teacher and its tokenizer; trains and caches it on first use.
+    """The embedded teacher and its tokenizer: shipped, else cached, else trained and cached.
 
     Args:
         device: Where to place the model.
@@ -130,15 +152,7 @@ def load_or_train_teacher(
     Returns:
         ``(model, tokenizer)``, the model in eval mode on ``device``.
     """
-
-    def build() -> tuple[PreTrainedModel, PreTrainedTokenizerBase, dict[str, Any]]:
-        model, tokenizer = train_teacher(recipe, str(device), progress)
-        test = make_split("test", 210, seed=recipe.seed)
-        predictions = generate_responses(model, tokenizer, [e.prompt for e in test])
-        card = {"recipe": asdict(recipe), "test_exact_match": exact_match(predictions, test)}
-        return model, tokenizer, card
-
-    return load_or_build(teacher_dir(recipe), device, build)
+    return load_or_build(teacher_dir(recipe), device, lambda: build_teacher(recipe, device, progress))
 
 
 def load_or_build(
@@ -146,12 +160,21 @@ def load_or_build(
     device: str | torch.device,
     build: Callable[[], tuple[PreTrainedModel, PreTrainedTokenizerBase, dict[str, Any]]],
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """The one builder of every embedded teacher: the cache entry ``target`` if it is complete, else
-    ``build()`` (train; return model, tokenizer and its card), saved atomically, then loaded.
+    """The one builder of every embedded teacher: the shipped entry of ``target``'s key if the
+    package has one, else the cache entry ``target`` if it is complete, else ``build()`` (train;
+    return model, tokenizer and its card), saved atomically, then loaded.
 
     Loading what was saved (rather than returning the trained model) makes a first run and every
     later run use exactly the same weights.
+
+    Raises:
+        ValueError: A shipped entry whose weights do not match its card (damaged or a Git LFS
+            pointer): reinstall, or rebuild it with ``kdatlas teachers build --ship``.
     """
+    shipped = SHIPPED_ROOT / target.name
+    if is_complete(shipped):
+        check_weights(shipped)
+        return load_entry(shipped, device)
     if not is_complete(target):
         model, tokenizer, card = build()
         save_entry(target, model, tokenizer, {"key": target.name, **card})
@@ -161,6 +184,22 @@ def load_or_build(
 def is_complete(target: Path) -> bool:
     """Whether the cache entry ``target`` is complete (its card, written last, exists)."""
     return (target / "teacher_card.json").exists()
+
+
+def weights_digest(target: Path) -> str:
+    """SHA-256 of an entry's ``model.safetensors``."""
+    return hashlib.sha256((target / "model.safetensors").read_bytes()).hexdigest()
+
+
+def check_weights(target: Path) -> None:
+    """Raise unless the entry's weights are the ones its card names (``weights_sha256``)."""
+    card = json.loads((target / "teacher_card.json").read_text(encoding="utf-8"))
+    expected = card.get("weights_sha256")
+    if expected is None or not (target / "model.safetensors").is_file() or weights_digest(target) != expected:
+        raise ValueError(
+            f"the teacher weights in {target} do not match their card (damaged, or a Git LFS pointer): "
+            "reinstall kdatlas, or rebuild them with `kdatlas teachers build --ship`"
+        )
 
 
 def save_entry(
@@ -173,8 +212,19 @@ def save_entry(
     try:
         model.save_pretrained(staging)  # safetensors
         tokenizer.save_pretrained(staging)
+        card = {
+            **card,
+            "weights_sha256": weights_digest(staging),
+            "built_with": {
+                "torch": torch.__version__,
+                "threads": torch.get_num_threads(),
+                "machine": platform.machine(),
+            },
+        }
         # The card is written last: its presence marks a complete entry.
-        (staging / "teacher_card.json").write_text(json.dumps(card, indent=2))
+        (staging / "teacher_card.json").write_text(json.dumps(card, indent=2) + "\n")
+        for path in staging.iterdir():
+            path.chmod(0o644)  # some writers create private files; an entry is ordinary package data
         if is_complete(target):  # another process finished first
             shutil.rmtree(staging)
         else:

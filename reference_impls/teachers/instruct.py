@@ -1,9 +1,10 @@
 """The embedded *instruction* teacher: the tiny model black-box pipelines talk to.
 
-It is trained, on first use, on the instruction suite's meta-tasks (`meta_tasks.teacher_training_pairs`:
+It is trained on the instruction suite's meta-tasks (`meta_tasks.teacher_training_pairs`:
 follow instructions, conversations, system prompts, write new instructions, judge, rewrite,
-evolve, annotate) and cached like the white-box teacher (key = suite version + hash of config,
-vocabulary and recipe; atomic writes). It is a separate model from the white-box teacher, so
+evolve, annotate), and shipped and cached like the white-box teacher (key = suite version + hash
+of config, vocabulary and recipe; atomic writes; trained on first use only for a recipe the
+package does not ship). It is a separate model from the white-box teacher, so
 the white-box methods' numbers do not move when this suite grows.
 
 Its card (``teacher_card.json``) records the exact accuracy of each meta-task on held-out
@@ -143,17 +144,22 @@ def train_instruct_teacher(
     return model, tokenizer
 
 
+def build_instruct_teacher(
+    recipe: InstructTeacherRecipe, device: str | torch.device = "cpu", progress: bool = True
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, dict[str, Any]]:
+    """Train the instruction teacher and score it: ``(model, tokenizer, card)``, the card holding
+    the recipe and the accuracy of each meta-task."""
+    model, tokenizer = train_instruct_teacher(recipe, str(device), progress)
+    card = {"recipe": asdict(recipe), "meta_task_accuracy": meta_task_accuracy(model.eval(), tokenizer)}
+    return model, tokenizer, card
+
+
 def load_or_train_instruct_teacher(
     device: str | torch.device = "cpu",
     progress: bool = True,
     *,
     recipe: InstructTeacherRecipe = InstructTeacherRecipe(),
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """The cached instruction teacher and its tokenizer; trains and caches it on first use."""
-
-    def build() -> tuple[PreTrainedModel, PreTrainedTokenizerBase, dict[str, Any]]:
-        model, tokenizer = train_instruct_teacher(recipe, str(device), progress)
-        card = {"recipe": asdict(recipe), "meta_task_accuracy": meta_task_accuracy(model.eval(), tokenizer)}
-        return model, tokenizer, card
-
-    return load_or_build(instruct_teacher_dir(recipe), device, build)
+    """The instruction teacher and its tokenizer: shipped, else cached, else trained and cached."""
+    target = instruct_teacher_dir(recipe)
+    return load_or_build(target, device, lambda: build_instruct_teacher(recipe, device, progress))

@@ -128,6 +128,14 @@ class MiniLLMRollouts(OnlineSource):
         lm = {f"lm_{key}": value for key, value in fixed.items()}
         return {**self._rollout, **lm}, origin
 
+    def state_dict(self) -> dict[str, Any]:
+        """The current rollout too: a resumed run reuses it for the rest of its PPO epochs."""
+        return {**super().state_dict(), "rollout": self._rollout}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        self._rollout = state["rollout"]
+
     def describe(self) -> dict[str, str]:
         """Name, α, PPO epochs, temperature."""
         return {
