@@ -9,7 +9,7 @@ TORCH_SPEC ?= torch==2.13.0
 export NO_MKDOCS_2_WARNING := 1
 export DISABLE_MKDOCS_2_WARNING := true
 
-.PHONY: setup test lint serve docs validate bench bench-fused bench-blackbox parity clean
+.PHONY: setup test lint serve docs validate bench bench-fresh bench-fused bench-blackbox parity clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -41,6 +41,9 @@ serve: setup
 
 bench: setup
 	$(PY) benchmarks/run_times.py
+
+bench-fresh: setup  # a new user's first `kdatlas run alpaca` and `kdatlas run forward-kl`, empty cache (~2 min)
+	PYTHONPATH=. $(PY) benchmarks/fresh_machine.py --write
 
 bench-blackbox: setup  # every black-box pipeline: default run first and cached, ablations, larger budget, seeds (~20 min on 2 cores)
 	PYTHONPATH=. $(PY) benchmarks/blackbox_runs.py --write

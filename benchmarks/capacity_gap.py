@@ -66,7 +66,7 @@ def run(args: argparse.Namespace) -> list[dict[str, object]]:
         for init in args.inits:
             recipe = get_method("minima").build_recipe(size_ratio=fraction, importance=args.importance)
             if init == "random":
-                recipe = replace(recipe, build_student=RandomOfShape(fraction))
+                recipe = replace(recipe, students=replace(recipe.students, build=RandomOfShape(fraction)))
             started = time.perf_counter()
             config = RunConfig(
                 device="cpu",

@@ -196,7 +196,7 @@ def serve_teacher(
     model: Annotated[
         str,
         typer.Option(
-            help="'embedded' (the instruction teacher black-box pipelines use, trained on first use), 'embedded-whitebox' (the white-box methods' teacher) or a local path / hub id."
+            help="'embedded' (the shipped instruction teacher black-box pipelines use), 'embedded-whitebox' (the white-box methods' teacher) or a local path / hub id."
         ),
     ] = "embedded",
     host: Annotated[

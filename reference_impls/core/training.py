@@ -356,7 +356,8 @@ def train_student(
     columns.append(TextColumn("loss {task.fields[loss]:.3f}"))
     model.train()
     with Progress(*columns, disable=not show, transient=False) as bar:
-        task = bar.add_task(description, total=steps, completed=len(curve), loss=curve[-1] if curve else float("nan"))
+        latest = curve[-1] if curve else float("nan")
+        task = bar.add_task(description, total=steps, completed=len(curve), loss=latest)
         if interval is not None and resumed is None:
             validate()  # the reference loss before training
         while len(curve) < steps:
@@ -372,8 +373,9 @@ def train_student(
                 last = index == len(micro_batches) - 1
                 # Gradients are synchronised across processes once per optimizer step.
                 sync = nullcontext() if last or accelerator is None else accelerator.no_sync(model)
-                with sync, autocast():
-                    value = step_value(batch)
+                with sync:
+                    with autocast():  # the forward passes; backward runs outside autocast
+                        value = step_value(batch)
                     backward(value * weight)
                 value_sum += value.item() * share
             clip(model.parameters(), max_grad_norm)
@@ -382,8 +384,9 @@ def train_student(
             optimizer.zero_grad(set_to_none=True)
             curve.append(value_sum)
             bar.update(task, advance=1, loss=curve[-1])
-            if accelerator is not None:
-                accelerator.log({f"{log_key}/loss": curve[-1], f"{log_key}/lr": scheduler.get_last_lr()[0]}, step=len(curve))
+            if accelerator is not None:  # the trackers (TensorBoard), if the run started any
+                learning_rate_now = scheduler.get_last_lr()[0]
+                accelerator.log({f"{log_key}/loss": curve[-1], f"{log_key}/lr": learning_rate_now}, step=len(curve))
             if interval is not None and len(curve) % interval == 0 and len(curve) < steps:
                 validate()
             if phase is not None and phase.due(len(curve), steps):

@@ -118,7 +118,7 @@ def run_recipe(
     metrics: dict[str, dict[str, float]] = {}
     curves: dict[str, list[float]] = {}
     with timed("total"):
-        with timed("teacher_load"):  # 1. the teacher (embedded: trained on first use, cached)
+        with timed("teacher_load"):  # 1. the teacher (embedded: shipped with the package)
             run.load_teacher()
         with timed("students"):  # 2. the students: one initialisation (and warm start) for both
             run.prepare_students()

@@ -1,8 +1,8 @@
 """The steps of a run on the string suite, where the student sees the teacher *model*.
 
 White-box recipes (a `DataSource` as their data: the dataset, the teacher's or the student's own
-generations) run here. The teacher is the embedded string-suite teacher (trained on first use and
-cached) or any ``from_pretrained`` model; both students start from the same weights and the same
+generations) run here. The teacher is the embedded string-suite teacher (shipped with the
+package) or any ``from_pretrained`` model; both students start from the same weights and the same
 supervised warm start; the baseline trains with plain cross-entropy on the dataset responses
 (cached: it does not depend on the method); the three are scored by exact match, ROUGE-L and
 teacher-forced distances to the teacher on held-out examples.

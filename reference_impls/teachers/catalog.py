@@ -57,14 +57,14 @@ class EmbeddedTeacher:
 TEACHERS = {
     "strings": EmbeddedTeacher(
         "strings",
-        "the white-box methods' teacher (string suite)",
+        "the white-box methods' teacher, string suite",
         embedded.teacher_dir,
         lambda device, progress: embedded.build_teacher(embedded.TeacherRecipe(), device, progress),
         lambda: [e.prompt for e in make_split("test", 210)],
     ),
     "instructions": EmbeddedTeacher(
         "instructions",
-        "the black-box pipelines' teacher (instruction suite)",
+        "the black-box pipelines' teacher, instruction suite",
         instruct.instruct_teacher_dir,
         lambda device, progress: instruct.build_instruct_teacher(instruct.InstructTeacherRecipe(), device, progress),
         lambda: [e.prompt for e in instruction_suite.make_instructions("test", 200)],

@@ -158,7 +158,7 @@ class LocalTeacher(TextTeacher):
         *,
         recipe: TeacherRecipe = TeacherRecipe(),
     ) -> LocalTeacher:
-        """The embedded tiny teacher (trained on first use, then cached), as a text-only teacher."""
+        """The embedded tiny teacher (shipped; a recipe the package does not ship is trained on first use), as a text-only teacher."""
         model, tokenizer = load_or_train_teacher(device, progress, recipe=recipe)
         return cls(model, tokenizer, label=f"embedded/{teacher_dir(recipe).name}")
 

@@ -86,3 +86,20 @@ def test_a_recipe_without_a_shipped_entry_is_trained_and_cached(tmp_path: Path, 
     assert embedded.teacher_dir(QUICK_RECIPE).name != embedded.teacher_dir(TeacherRecipe()).name
     embedded.load_or_train_teacher("cpu", progress=False, recipe=QUICK_RECIPE)
     assert embedded.is_complete(embedded.teacher_dir(QUICK_RECIPE))
+
+
+def test_teachers_list_reports_both_shipped_teachers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from typer.testing import CliRunner
+
+    from kdatlas.cli import app
+
+    monkeypatch.setenv("KDATLAS_CACHE", str(tmp_path))
+    result = CliRunner().invoke(app, ["teachers", "list", "--json"])
+    assert result.exit_code == 0, result.output
+    listed = json.loads(result.output)
+    assert {row["name"]: (row["shipped"], row["cached"]) for row in listed["teachers"]} == {
+        "strings": (True, False),
+        "instructions": (True, False),
+    }
+    assert listed["stale_shipped_entries"] == []
+    assert listed["teachers"][0]["card"]["test_exact_match"] > 0.7
