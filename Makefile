@@ -9,7 +9,7 @@ TORCH_SPEC ?= torch==2.13.0
 export NO_MKDOCS_2_WARNING := 1
 export DISABLE_MKDOCS_2_WARNING := true
 
-.PHONY: setup test lint serve docs validate bench bench-fresh bench-fused bench-blackbox parity clean
+.PHONY: setup test lint serve docs validate leaderboard bench bench-fresh bench-fused bench-blackbox parity clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -41,6 +41,9 @@ serve: setup
 
 bench: setup
 	$(PY) benchmarks/run_times.py
+
+leaderboard: setup  # every method x 3 seeds, cached cells reused -> benchmarks/results/leaderboard.json (~45 min on 2 cores from scratch)
+	$(VENV)/bin/kdatlas bench --seeds 3
 
 bench-fresh: setup  # a new user's first `kdatlas run alpaca` and `kdatlas run forward-kl`, empty cache (~2 min)
 	PYTHONPATH=. $(PY) benchmarks/fresh_machine.py --write

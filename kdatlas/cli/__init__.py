@@ -4,16 +4,16 @@ Heavy imports (torch, transformers, mkdocs) happen inside the commands that need
 ``kdatlas list`` and ``kdatlas validate`` start quickly.
 
 One module per verb group: `browse` (list, show, stats, cite, export, schema), `author` (new,
-validate), `run` (run, serve-teacher), `teachers` (teachers list, teachers build) and `docs` (docs build,
-docs serve); `common` holds what
-they share. The commands are registered below, in the order ``kdatlas --help`` lists them.
+validate), `run` (run, serve-teacher), `bench` (bench, leaderboard), `teachers` (teachers list,
+teachers build) and `docs` (docs build, docs serve); `common` holds what they share. The
+commands are registered below, in the order ``kdatlas --help`` lists them.
 """
 
 from __future__ import annotations
 
 import typer
 
-from kdatlas.cli import author, browse, docs, run, teachers
+from kdatlas.cli import author, bench, browse, docs, run, teachers
 
 app = typer.Typer(
     help="kdatlas — a survey-as-code knowledge base for knowledge distillation of LLMs.",
@@ -34,6 +34,8 @@ app.command("export")(browse.export)
 app.command("stats")(browse.stats)
 app.command("new")(author.new)
 app.command("serve-teacher")(run.serve_teacher)
+app.command("bench")(bench.bench)
+app.command("leaderboard")(bench.leaderboard)
 
 
 def main() -> None:

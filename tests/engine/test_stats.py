@@ -1,168 +1,56 @@
-"""The statistics and the catalogue agree with `kdatlas list`, and the map covers the survey."""
+"""Intervals over seeds: the t quantiles against the standard table, and the paired comparison."""
 
 from __future__ import annotations
 
-import json
-import re
-from collections import Counter
-from pathlib import Path
+import math
 
-from typer.testing import CliRunner
+import pytest
 
-from kdatlas.cli import app
-from kdatlas.site.catalogue import render_catalogue_page, render_statistics_page
-from kdatlas.site.stats import compute_stats, venue_series
-from kdatlas.taxonomy import load_taxonomy
+from kdatlas.stats import Interval, mean_interval, paired_difference, t_cdf, t_quantile
 
-REPO = Path(__file__).resolve().parents[2]
-runner = CliRunner()
+# t(0.975, df), the two-sided 95% critical values of any statistics table.
+T_TABLE = {1: 12.7062, 2: 4.3027, 3: 3.1824, 4: 2.7764, 5: 2.5706, 9: 2.2622, 19: 2.0930, 30: 2.0423}
 
 
-def _list_rows() -> list[dict[str, object]]:
-    result = runner.invoke(app, ["list", "--json", "--root", str(REPO)], catch_exceptions=False)
-    return json.loads(result.stdout)
+@pytest.mark.parametrize(("df", "expected"), T_TABLE.items())
+def test_t_quantiles_match_the_table(df: int, expected: float) -> None:
+    assert t_quantile(0.975, df) == pytest.approx(expected, abs=1e-4)
 
 
-def _stats_json() -> dict[str, object]:
-    result = runner.invoke(app, ["stats", "--json", "--root", str(REPO)], catch_exceptions=False)
-    assert result.exit_code == 0
-    return json.loads(result.stdout)
+def test_t_cdf_is_symmetric_and_cauchy_at_one_degree() -> None:
+    assert t_cdf(0.0, 3) == pytest.approx(0.5)
+    assert t_cdf(-1.3, 5) == pytest.approx(1 - t_cdf(1.3, 5))
+    assert t_cdf(1.0, 1) == pytest.approx(0.75, abs=1e-9)  # Cauchy: 1/2 + atan(1)/π
 
 
-def test_stats_match_kdatlas_list() -> None:
-    rows, stats = _list_rows(), _stats_json()
-    assert stats["total"] == len(rows)
-    assert stats["by_status"] == dict(Counter(r["status"] for r in rows))
-    assert stats["by_placement"] == dict(Counter(r["survey_placement"] for r in rows))
-    assert stats["by_year"] == {str(y): c for y, c in sorted(Counter(r["year"] for r in rows).items())}
-    assert stats["by_venue_series"] == dict(Counter(venue_series(r["venue"]) for r in rows))
-    for branch in stats["branches"]:
-        inside = [
-            r
-            for r in rows
-            if r["branch"] == branch["branch"] or r["branch"].startswith(branch["branch"] + "/")
-        ]
-        assert branch["entries"] == len(inside)
-        assert branch["implemented"] == sum(r["status"] == "implemented" for r in inside)
+def test_the_interval_is_mean_plus_minus_t_times_standard_error() -> None:
+    values = [0.20, 0.25, 0.30]
+    interval = mean_interval(values)
+    half = 4.302653 * 0.05 / math.sqrt(3)  # s = 0.05
+    assert interval.mean == pytest.approx(0.25)
+    assert (interval.low, interval.high) == (pytest.approx(0.25 - half, abs=1e-6), pytest.approx(0.25 + half, abs=1e-6))
 
 
-def test_statistics_page_shows_the_same_numbers() -> None:
-    taxonomy, _ = load_taxonomy(REPO)
-    stats = compute_stats(taxonomy)
-    page = render_statistics_page(stats, branch_href=lambda b: b, catalogue_link="catalogue.md")
-    assert f"**{stats.total} entries**" in page
-    for branch in stats.branches:
-        row = re.search(
-            rf"\[{re.escape(branch.name)}\]\({re.escape(branch.branch)}\) \| (\d+) \| (\d+) \|", page
-        )
-        assert row and (int(row[1]), int(row[2])) == (branch.entries, branch.implemented)
-    assert page.count("<rect ") == sum(len(c) for c in stats.by_year_placement.values())
+def test_one_seed_has_no_interval_and_separates_nothing() -> None:
+    assert mean_interval([0.3]) == Interval(0.3, None, None, 1)
+    assert not mean_interval([0.3]).excludes_zero
 
 
-def test_catalogue_has_one_filterable_row_per_entry() -> None:
-    taxonomy, _ = load_taxonomy(REPO)
-    page = render_catalogue_page(taxonomy, entry_href=lambda i: f"../entries/{i}/", branch_name=str)
-    rows = re.findall(r'<tr data-branch="([^"]+)" data-year="(\d+)"', page)
-    assert len(rows) == len(taxonomy.entries)
-    for name in ("branch", "year", "venue", "tag", "status", "placement", "text"):
-        assert f'data-filter="{name}"' in page
+def test_pairing_removes_what_the_seeds_share() -> None:
+    """Seed-to-seed spread is large, the per-seed gain small and steady: unpaired intervals
+    overlap, the paired difference excludes 0."""
+    baseline = [0.20, 0.30, 0.40]
+    distilled = [0.22, 0.325, 0.415]
+    assert mean_interval(distilled).low < mean_interval(baseline).high
+    difference = paired_difference(distilled, baseline)
+    assert difference.mean == pytest.approx(0.02)
+    assert difference.excludes_zero and difference.low > 0
 
 
-def test_venue_series_drops_years_and_remarks() -> None:
-    assert venue_series("Findings of ACL 2023") == "Findings of ACL"
-    assert venue_series("NeurIPS 2019 EMC² Workshop (arXiv)") == "NeurIPS EMC² Workshop"
-    assert venue_series("arXiv") == "arXiv"
-
-
-# Every method, evaluation, application and direction entry of the survey reconstruction in the
-# research notes (survey_taxonomy.yaml, 62 ids), copied here so that CI checks it without the notes.
-SURVEY_IDS = [
-    "distilbilstm",
-    "distilbert",
-    "mixkd",
-    "reaugkd",
-    "pd",
-    "minillm",
-    "gkd",
-    "f-distill",
-    "minima",
-    "pkd",
-    "metadistil",
-    "ad-kd",
-    "xtremedistil",
-    "tinybert",
-    "minilm",
-    "ted",
-    "mobilebert",
-    "homodistil",
-    "icl-distillation",
-    "llm-r",
-    "metaicl",
-    "in-context-tuning",
-    "secokd",
-    "mend",
-    "aicd",
-    "distilling-step-by-step",
-    "fine-tune-cot",
-    "mcc-kd",
-    "socratic-cot",
-    "scott",
-    "pad",
-    "doctor",
-    "kard",
-    "symbolic-kd",
-    "s3",
-    "self-instruct",
-    "alpaca",
-    "vicuna",
-    "gpt4all",
-    "gpt-4-llm",
-    "lamini-lm",
-    "lion",
-    "universalner",
-    "persd",
-    "kd-vanilla",
-    "seqkd",
-    "minillm-eval",
-    "js",
-    "huatuogpt",
-    "chatdoctor",
-    "pmc-llama",
-    "darwin",
-    "wizardmath",
-    "k2",
-    "lawyer-llama",
-    "chatlaw",
-    "disco",
-    "symbolic-kd-fd",
-    "comd",
-    "vpd",
-    "lskd",
-    "stanton-does-kd-work",
-]
-
-
-# Survey-reconstruction ids that are deliberately not entries of their own, and why.
-NOT_SEPARATE_ENTRIES = {
-    "pd": "pre-trained-distillation",  # the same paper under a clearer id
-    "kd-vanilla": "vanilla-kd",
-    "minillm-eval": "minillm",  # the robustness study's MiniLLM is the MiniLLM entry
-    "js": "generalized-jsd",
-    "symbolic-kd-fd": "symbolic-kd",  # the future-directions mention of the same paper
-    "stanton-does-kd-work": "interpretability-of-distillation",  # cited there (stanton2021doeskd)
-    "aicd": None,  # no paper could be identified (title only, no authors or venue): see bib/VERIFICATION.md
-    "s3": None,  # unresolved in the reconstruction itself
-}
-
-
-def test_every_core_entry_of_the_survey_is_mapped() -> None:
-    ids = {row["id"] for row in _list_rows()}
-    assert len(SURVEY_IDS) == 62
-    missing = sorted(i for i in set(SURVEY_IDS) - ids if i not in NOT_SEPARATE_ENTRIES)
-    assert missing == []
-    assert all(target is None or target in ids for target in NOT_SEPARATE_ENTRIES.values())
-
-
-def test_at_least_fifteen_entries_beyond_the_survey() -> None:
-    beyond = [r for r in _list_rows() if r["survey_placement"] == "beyond-survey"]
-    assert len(beyond) >= 15, [r["id"] for r in beyond]
+def test_bad_input_is_refused() -> None:
+    with pytest.raises(ValueError, match="no values"):
+        mean_interval([])
+    with pytest.raises(ValueError, match="one control per seed"):
+        paired_difference([1.0, 2.0], [1.0])
+    with pytest.raises(ValueError, match="p must be"):
+        t_quantile(0.2, 3)

@@ -1,0 +1,94 @@
+"""``kdatlas bench`` runs the leaderboard; ``kdatlas leaderboard`` prints it (`kdatlas.leaderboard`)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from kdatlas.cli.common import console, fail
+
+BOARD = Path(__file__).resolve().parents[2] / "benchmarks" / "results" / "leaderboard.json"
+# A CI-sized board: two methods of each suite, two seeds, tiny budgets (no claim is read from it).
+QUICK = {"methods": ["forward-kl", "alpaca"], "seeds": 2, "steps": 40, "sft_steps": 20, "eval_size": 24}
+
+
+def bench(
+    methods: Annotated[
+        str | None, typer.Option(help="Comma-separated method ids (default: every implemented method).")
+    ] = None,
+    seeds: Annotated[int, typer.Option(min=1, help="Seeds 0..N-1 per method (≥ 3 for intervals worth reading).")] = 3,
+    steps: Annotated[int | None, typer.Option(min=1, help="Training steps (default: each suite's budget).")] = None,
+    sft_steps: Annotated[int | None, typer.Option(min=0, help="Warm-start steps (string suite).")] = None,
+    eval_size: Annotated[int | None, typer.Option(min=1, help="Held-out items (default: each suite's).")] = None,
+    quick: Annotated[bool, typer.Option(help="The CI subset: forward-kl and alpaca, 2 seeds, tiny budgets.")] = False,
+    out: Annotated[Path, typer.Option(help="Where the board's JSON goes.")] = BOARD,
+    progress: Annotated[bool, typer.Option(help="Show progress.")] = True,
+) -> None:
+    """Run every (method, seed) cell of the leaderboard, reusing cached cells, and write its JSON."""
+    from kdatlas.leaderboard import build_board, write_board
+    from kdatlas.runner import RunError
+    from reference_impls.core.recipe import RunConfig
+    from reference_impls.registry import registered_methods
+
+    if quick:
+        methods, seeds = ",".join(QUICK["methods"]), QUICK["seeds"]
+        steps, sft_steps, eval_size = QUICK["steps"], QUICK["sft_steps"], QUICK["eval_size"]
+        out = BOARD.with_name("leaderboard_quick.json") if out == BOARD else out  # never the real board
+    chosen = methods.split(",") if methods else sorted(registered_methods())
+    unknown = sorted(set(chosen) - set(registered_methods()))
+    if unknown:
+        raise fail(f"no implemented method {', '.join(unknown)} (see `kdatlas list --status implemented`)")
+    config = RunConfig(device="cpu", steps=steps, sft_steps=sft_steps, eval_size=eval_size)
+    try:
+        board = build_board(chosen, range(seeds), config, progress=progress)
+    except RunError as error:
+        raise fail(str(error)) from None
+    write_board(board, out)
+    console.print(f"{len(board['rows'])} methods × {seeds} seeds ({board['cells_reused']} cells from the cache) → {out}")
+
+
+def _interval(summary: dict) -> str:
+    """``mean ± half-width`` (the t interval is symmetric); the mean alone for one seed."""
+    if summary["low"] is None:
+        return f"{summary['mean']:.3f}"
+    return f"{summary['mean']:.3f} ± {(summary['high'] - summary['low']) / 2:.3f}"
+
+
+def leaderboard(
+    as_json: Annotated[bool, typer.Option("--json", help="Print the board's JSON.")] = False,
+    metric: Annotated[str, typer.Option(help="The metric shown in the table.")] = "exact_match",
+    file: Annotated[Path, typer.Option(help="The board to read.")] = BOARD,
+) -> None:
+    """Print the committed leaderboard: per method the baseline, the distilled student and their
+    paired difference over seeds (mean ± 95% interval), and the cost."""
+    from kdatlas.leaderboard import read_board
+
+    try:
+        board = read_board(file)
+    except ValueError as error:
+        raise fail(str(error)) from None
+    if as_json:
+        console.print_json(json.dumps(board))
+        return
+    table = Table(title=f"{metric}, seeds {', '.join(map(str, board['seeds']))} (mean ± 95% interval)", title_justify="left")
+    for column in ("method", "suite", "teacher", "baseline", "distilled", "distilled − baseline", "steps", "teacher calls", "s"):
+        table.add_column(column, justify="left" if column in ("method", "suite") else "right")
+    for row in board["rows"]:
+        values = row["metrics"].get(metric)
+        if values is None:
+            continue
+        mark = " ✓" if values["distilled_better"] else (" ✗" if values["separated"] else "")
+        cost = row["cost"]
+        calls = "—" if cost["teacher_requests"] is None else f"{cost['teacher_requests']:.0f}"
+        table.add_row(
+            row["method_id"], row["evaluation"], _interval(values["teacher_interval"]),
+            _interval(values["baseline_interval"]), _interval(values["distilled_interval"]),
+            _interval(values["distilled_minus_baseline"]) + mark,
+            f"{cost['student_steps']:.0f}", calls, f"{cost['seconds']:.0f}",
+        )  # fmt: skip
+    console.print(table)
+    console.print("✓ distilled better than the baseline at 95% (paired over seeds); ✗ worse; no mark: not separated")

@@ -1,0 +1,209 @@
+"""The leaderboard: every implemented method, several seeds, means with intervals, paired against the baseline.
+
+``kdatlas bench`` runs each (method, seed) cell through `reference_impls.run.run_recipe` — the
+same students, budget and held-out items for every method of a suite, the baseline of the same
+seed beside it — and keeps each cell in the cache under a digest of its code and config, so a
+rerun recomputes only the cells whose method, shared code, teacher or settings changed. The
+board is JSON (``benchmarks/results/leaderboard.json`` when committed); ``kdatlas leaderboard``
+prints it.
+
+Per method and metric the board holds the per-seed values of the teacher, the baseline and the
+distilled student, their means with 95% Student-t intervals, and the paired difference
+distilled − baseline over seeds with its interval (`kdatlas.stats`): *separated* means that
+interval excludes 0, in the metric's better direction or not. Cost columns: optimizer steps,
+teacher requests and tokens of black-box pipelines, wall seconds.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, replace
+from pathlib import Path
+from typing import Any
+
+from kdatlas.stats import mean_interval, paired_difference
+
+BOARD_VERSION = 1
+DEFAULT_SEEDS = (0, 1, 2)
+ROLES = ("teacher", "baseline", "distilled")
+# Which direction is better, for every metric the suites report.
+HIGHER_IS_BETTER = {"exact_match": True, "rouge_l": True}
+LOWER_IS_BETTER = ("token_kl_to_teacher", "token_reverse_kl_to_teacher", "token_tvd_to_teacher")
+REPO = Path(__file__).resolve().parents[1]
+# Code every cell depends on, whatever its method (each method adds its own module).
+SHARED_CODE = ("losses", "tasks", "core", "teachers", "teachers/server", "run", "black_box", "white_box")
+
+
+def better_direction(metric: str) -> str:
+    """``"higher"`` or ``"lower"``; group metrics such as ``exact_match (depth 2)`` follow their base."""
+    base = metric.split(" (")[0]
+    return "lower" if base in LOWER_IS_BETTER else "higher"
+
+
+def code_digest(module: str) -> str:
+    """Digest of the shared layers and of the method's own module (its folder for a package), with
+    the private helpers beside it (``_cross_tokenizer.py``, ``_bootstrap.py``)."""
+    from reference_impls.core.cache import digest, source_digest
+
+    root = REPO / "reference_impls"
+    origin = Path(importlib.util.find_spec(module).origin)
+    own = [origin.parent] if origin.name == "__init__.py" else [origin]
+    helpers = sorted(p for p in own[0].parent.glob("_*.py") if p.name != "__init__.py")
+    files = [*(p for p in own if p.is_file()), *helpers]
+    folders = [p for p in own if p.is_dir()]
+    return digest(
+        {
+            "shared": source_digest(*(root / folder for folder in SHARED_CODE)),
+            "method": source_digest(*folders) if folders else "",
+            "files": [f.read_text(encoding="utf-8") for f in files],
+        }
+    )
+
+
+def _cell_key(method_id: str, seed: int, config: Any) -> dict[str, Any]:
+    from reference_impls.registry import get_method
+    from reference_impls.teachers.catalog import TEACHERS
+
+    return {
+        "board": BOARD_VERSION,
+        "method": method_id,
+        "seed": seed,
+        "config": {k: v for k, v in asdict(config).items() if k != "progress"},
+        "code": code_digest(get_method(method_id).module),
+        "teachers": {name: teacher.key for name, teacher in TEACHERS.items()},
+    }
+
+
+def run_cell(method_id: str, seed: int, config: Any, *, run: Callable[..., Any] | None = None) -> dict[str, Any]:
+    """One (method, seed) cell: metrics of teacher, baseline and distilled student, and cost.
+
+    Read from the cache when the same code and config ran before; ``run`` (default
+    `reference_impls.run.run_recipe`) is how tests pass a quick teacher.
+    """
+    from kdatlas.runner import build_recipe
+    from reference_impls.core.cache import cache_root, digest, read_json, write_json_atomically
+    from reference_impls.run import run_recipe
+
+    recipe = build_recipe(method_id, {})
+    config = replace(config, seed=seed)
+    if recipe.evaluation != "strings":  # options of the string suite that a pipeline refuses
+        config = replace(config, sft_steps=None, data=None, teacher_topk=None)
+    key = _cell_key(method_id, seed, config)
+    path = cache_root() / "leaderboard" / f"{method_id}-{seed}-{digest(key)}.json"
+    cached = read_json(path)
+    if cached is not None:
+        return {**cached, "cached": True}
+    started = time.perf_counter()
+    result = (run or run_recipe)(recipe, config)
+    pipeline = result.config.get("pipeline", {})
+    run_config = result.config["run"]
+    cell = {
+        "method_id": method_id,
+        "seed": seed,
+        "evaluation": result.config.get("evaluation", {}).get("name", "strings"),
+        "metrics": result.metrics,
+        "cost": {
+            "student_steps": run_config["steps"],
+            "warm_start_steps": run_config.get("sft_steps") or 0,
+            "teacher_requests": pipeline.get("teacher_requests"),
+            "teacher_tokens": pipeline.get("teacher_tokens"),
+            "seconds": time.perf_counter() - started,
+        },
+    }
+    write_json_atomically(path, {**cell, "key": key})
+    return {**cell, "cached": False}
+
+
+def summarise(method_id: str, cells: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """A board row from the cells of one method (one per seed, same order for every metric)."""
+    cells = sorted(cells, key=lambda c: c["seed"])
+    metrics: dict[str, Any] = {}
+    for name in cells[0]["metrics"]["distilled"]:
+        values = {role: [c["metrics"][role][name] for c in cells] for role in ROLES}
+        difference = paired_difference(values["distilled"], values["baseline"])
+        direction = better_direction(name)
+        sign = 1 if direction == "higher" else -1
+        metrics[name] = {
+            "better": direction,
+            **{role: values[role] for role in ROLES},
+            **{f"{role}_interval": mean_interval(values[role]).as_dict() for role in ROLES},
+            "distilled_minus_baseline": difference.as_dict(),
+            "separated": difference.excludes_zero,
+            "distilled_better": difference.excludes_zero and sign * difference.mean > 0,
+        }
+    costs = [c["cost"] for c in cells]
+
+    def mean_of(field: str) -> float | None:
+        present = [c[field] for c in costs if c.get(field) is not None]
+        return sum(present) / len(present) if present else None
+
+    return {
+        "method_id": method_id,
+        "evaluation": cells[0]["evaluation"],
+        "seeds": [c["seed"] for c in cells],
+        "metrics": metrics,
+        "cost": {field: mean_of(field) for field in costs[0]},
+    }
+
+
+def build_board(
+    methods: Sequence[str],
+    seeds: Sequence[int] = DEFAULT_SEEDS,
+    config: Any = None,
+    *,
+    progress: bool = True,
+    run: Callable[..., Any] | None = None,
+) -> dict[str, Any]:
+    """Run (or read from the cache) every (method, seed) cell and summarise each method."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from reference_impls.core.recipe import RunConfig
+
+    if not seeds:
+        raise ValueError("the board needs at least one seed")
+    config = replace(config or RunConfig(), progress=False)
+    rows, reused = [], 0
+    columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
+    with Progress(*columns, disable=not progress) as bar:
+        task = bar.add_task("leaderboard cells", total=len(methods) * len(seeds))
+        for method_id in methods:
+            cells = []
+            for seed in seeds:
+                bar.update(task, description=f"{method_id}, seed {seed}")
+                cell = run_cell(method_id, seed, config, run=run)
+                reused += cell.pop("cached")
+                cells.append(cell)
+                bar.advance(task)
+            rows.append(summarise(method_id, cells))
+    return {
+        "version": BOARD_VERSION,
+        "seeds": list(seeds),
+        "config": {k: v for k, v in asdict(config).items() if k not in ("progress", "seed")},
+        "cells_reused": reused,
+        "rows": rows,
+    }
+
+
+def write_board(board: dict[str, Any], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(board, indent=2) + "\n", encoding="utf-8")
+
+
+def read_board(path: Path) -> dict[str, Any]:
+    """A board written by `write_board`.
+
+    Raises:
+        ValueError: Missing, not JSON, or of another board version — with what to run.
+    """
+    try:
+        board = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ValueError(f"no leaderboard at {path}: run `kdatlas bench` to make one") from None
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path} is not valid JSON ({error}); run `kdatlas bench` again") from None
+    if board.get("version") != BOARD_VERSION:
+        raise ValueError(f"{path} is a board of version {board.get('version')!r}, not {BOARD_VERSION}: rerun `kdatlas bench`")
+    return board
