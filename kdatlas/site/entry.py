@@ -9,6 +9,7 @@ from functools import partial
 
 from kdatlas.bib import Bibliography, strip_braces
 from kdatlas.model import Entry, Placement, RelationType, Status, TeacherAccess
+from kdatlas.site.leaderboard import Standing, standing
 from kdatlas.site.links import (
     BIBLIOGRAPHY_PAGE,
     Site,
@@ -102,6 +103,7 @@ class EntryView:
     bibtex: str
     yaml_path: str
     edit_url: str
+    standing: list[Standing]
 
 
 def metadata_card(entry: Entry, site: Site) -> list[tuple[str, str]]:
@@ -195,6 +197,7 @@ def entry_view(entry: Entry, site: Site) -> EntryView:
         bibtex=site.bibliography.bibtex(known).strip() if known else "",
         yaml_path=yaml_path,
         edit_url=site.edit_url(yaml_path),
+        standing=standing(site.board, entry.id),
     )
 
 

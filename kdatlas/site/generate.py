@@ -24,6 +24,7 @@ from kdatlas.site.indexes import (
     render_tags_page,
     render_taxonomy_index,
 )
+from kdatlas.site.leaderboard import BOARD_FILE, LEADERBOARD_PAGE, load_board, render_leaderboard_page
 from kdatlas.site.links import (
     BIB_DOWNLOAD,
     BIBLIOGRAPHY_PAGE,
@@ -120,7 +121,10 @@ def load_site(
     """Load and cross-check the data (implementations are imported later, one API object at a time)."""
     report = validate_repository(root, check_implementations=False)
     problems = list(report.problems) + math_problems(report.taxonomy)
-    return Site(report.taxonomy, report.bibliography, repo_url, repo_branch), problems
+    board, board_problem = load_board(root)
+    if board_problem:
+        problems.append(Problem(root / BOARD_FILE, 1, board_problem, "run `kdatlas bench` again"))
+    return Site(report.taxonomy, report.bibliography, repo_url, repo_branch, board=board), problems
 
 
 def generate_pages(
@@ -183,6 +187,12 @@ def generate_pages(
             # raw HTML links are not rewritten by MkDocs: give the final directory-style URL
             entry_href=lambda entry_id: "../" + page_url(entry_page(entry_id)),
             branch_name=lambda branch_id: " / ".join(b.name for b in site.branch_trail(branch_id)),
+        ),
+    )
+    emit(
+        LEADERBOARD_PAGE,
+        render_leaderboard_page(
+            site.board, entry_href=lambda entry_id: relative_link(LEADERBOARD_PAGE, entry_page(entry_id))
         ),
     )
     # The machine-readable release (`kdatlas export`), downloadable from the site; kd.bib is

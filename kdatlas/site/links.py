@@ -86,6 +86,8 @@ class Site:
     # Imported API objects and the import errors met, by dotted path (each import happens once).
     api_objects: dict[str, object] = field(default_factory=dict)
     api_errors: dict[str, str] = field(default_factory=dict)
+    # The committed leaderboard (benchmarks/results/leaderboard.json), if there is one.
+    board: dict[str, object] | None = None
 
     @property
     def root(self) -> Path:

@@ -1,0 +1,83 @@
+"""The leaderboard on the site: its page, each method's row on its own page, a bad board file."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from kdatlas.leaderboard import BOARD_VERSION, summarise
+from kdatlas.site.entry import render_entry
+from kdatlas.site.generate import load_site
+from kdatlas.site.leaderboard import BOARD_FILE, render_leaderboard_page, standing
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _cell(method_id: str, seed: int, baseline: float, distilled: float, evaluation: str = "strings") -> dict:
+    metrics = {"exact_match": distilled, "token_kl_to_teacher": 2.0 - distilled}
+    base = {"exact_match": baseline, "token_kl_to_teacher": 2.0 - baseline}
+    teacher = {"exact_match": 0.8, "token_kl_to_teacher": 0.0}
+    cost = {"student_steps": 800, "warm_start_steps": 400, "teacher_requests": None, "teacher_tokens": None, "seconds": 30.0}
+    return {"method_id": method_id, "seed": seed, "evaluation": evaluation, "cost": cost,
+            "metrics": {"teacher": teacher, "baseline": base, "distilled": metrics}}  # fmt: skip
+
+
+BOARD = {
+    "version": BOARD_VERSION,
+    "seeds": [0, 1, 2],
+    "config": {},
+    "cells_reused": 0,
+    "rows": [
+        summarise("forward-kl", [_cell("forward-kl", s, b, b + 0.05) for s, b in enumerate((0.20, 0.30, 0.25))]),
+        summarise("reverse-kl", [_cell("reverse-kl", s, b, d) for s, (b, d) in enumerate(((0.2, 0.25), (0.3, 0.2), (0.25, 0.3)))]),
+    ],
+}
+
+
+def test_a_method_page_shows_its_row_with_the_verdict() -> None:
+    site, _ = load_site(REPO)
+    page = render_entry(site.taxonomy.entries["forward-kl"], replace(site, board=BOARD))
+    assert "## Where it stands" in page and "over 3 seeds" in page
+    assert "| exact_match (higher is better) | 0.800 ± 0.000 | 0.250 ± 0.124 | 0.300 ± 0.124 |" in page
+    assert "| 0.050 ± 0.000 | better |" in page  # the same gain at every seed
+    unlisted = render_entry(site.taxonomy.entries["gkd"], replace(site, board=BOARD))
+    assert "Where it stands" not in unlisted
+
+
+def test_the_verdicts_follow_the_paired_interval() -> None:
+    assert [s.verdict for s in standing(BOARD, "forward-kl")] == ["better", "better"]  # KL lower is better
+    assert [s.verdict for s in standing(BOARD, "reverse-kl")] == ["not separated", "not separated"]
+    assert standing(BOARD, "alpaca") == [] and standing(None, "forward-kl") == []
+
+
+def test_the_leaderboard_page_links_every_row() -> None:
+    page = render_leaderboard_page(BOARD, entry_href=lambda entry_id: f"entries/{entry_id}.md")
+    assert "## Strings suite" in page
+    assert "1 better,\n0 worse, 1 not separated (of\n2)" in page
+    assert page.index("[forward-kl](entries/forward-kl.md)") < page.index("[reverse-kl](entries/reverse-kl.md)")
+    empty = render_leaderboard_page(None, entry_href=str)
+    assert "No leaderboard is committed yet" in empty and "kdatlas bench" in empty
+
+
+def test_a_damaged_board_file_is_a_build_problem(tmp_path: Path) -> None:
+    for part in ("taxonomy", "bib", "CITATION.cff"):
+        source = REPO / part
+        (shutil.copytree if source.is_dir() else shutil.copy)(source, tmp_path / part)
+    (tmp_path / BOARD_FILE).parent.mkdir(parents=True)
+    (tmp_path / BOARD_FILE).write_text("{not json")
+    site, problems = load_site(tmp_path)
+    assert site.board is None
+    assert any("not valid JSON" in p.message and "kdatlas bench" in p.fix for p in problems)
+    (tmp_path / BOARD_FILE).write_text(json.dumps(BOARD))
+    site, problems = load_site(tmp_path)
+    assert site.board["rows"][0]["method_id"] == "forward-kl"
+
+
+@pytest.mark.parametrize("method_id", ["forward-kl"])
+def test_cells_keep_their_seed_order(method_id: str) -> None:
+    row = summarise(method_id, [_cell(method_id, 2, 0.1, 0.2), _cell(method_id, 0, 0.3, 0.4)])
+    assert row["seeds"] == [0, 2] and row["metrics"]["exact_match"]["baseline"] == [0.3, 0.1]
