@@ -97,8 +97,9 @@ def main() -> None:
     torch.set_num_threads(min(2, os.cpu_count() or 1))
     teacher = catalog.TEACHERS["instructions"]
     load_or_train_instruct_teacher("cpu", progress=False)  # the shipped one: trains nothing
-    card = catalog.status(teacher)["card"]
-    build = "shipped" if catalog.status(teacher)["shipped"] else "trained on first use"
+    status = catalog.status(teacher)
+    card = status["card"]
+    build = "shipped" if status["shipped"] else "trained on first use"
     print(f"instruction teacher: {build}; accuracy per meta-task: {card['meta_task_accuracy']}")
 
     pipelines = sorted(

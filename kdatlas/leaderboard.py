@@ -29,8 +29,7 @@ from kdatlas.stats import mean_interval, paired_difference
 BOARD_VERSION = 1
 DEFAULT_SEEDS = (0, 1, 2)
 ROLES = ("teacher", "baseline", "distilled")
-# Which direction is better, for every metric the suites report.
-HIGHER_IS_BETTER = {"exact_match": True, "rouge_l": True}
+# The metrics where lower is better (every other metric the suites report: higher).
 LOWER_IS_BETTER = ("token_kl_to_teacher", "token_reverse_kl_to_teacher", "token_tvd_to_teacher")
 REPO = Path(__file__).resolve().parents[1]
 # Code every cell depends on, whatever its method (each method adds its own module).
@@ -41,6 +40,14 @@ def better_direction(metric: str) -> str:
     """``"higher"`` or ``"lower"``; group metrics such as ``exact_match (depth 2)`` follow their base."""
     base = metric.split(" (")[0]
     return "lower" if base in LOWER_IS_BETTER else "higher"
+
+
+def format_interval(summary: dict[str, Any]) -> str:
+    """``mean ± half-width`` of a stored interval (the t interval is symmetric); the mean alone
+    for one seed."""
+    if summary["low"] is None:
+        return f"{summary['mean']:.3f}"
+    return f"{summary['mean']:.3f} ± {(summary['high'] - summary['low']) / 2:.3f}"
 
 
 def code_digest(module: str) -> str:

@@ -51,13 +51,6 @@ def bench(
     console.print(f"{len(board['rows'])} methods × {seeds} seeds ({board['cells_reused']} cells from the cache) → {out}")
 
 
-def _interval(summary: dict) -> str:
-    """``mean ± half-width`` (the t interval is symmetric); the mean alone for one seed."""
-    if summary["low"] is None:
-        return f"{summary['mean']:.3f}"
-    return f"{summary['mean']:.3f} ± {(summary['high'] - summary['low']) / 2:.3f}"
-
-
 def leaderboard(
     as_json: Annotated[bool, typer.Option("--json", help="Print the board's JSON.")] = False,
     metric: Annotated[str, typer.Option(help="The metric shown in the table.")] = "exact_match",
@@ -65,7 +58,7 @@ def leaderboard(
 ) -> None:
     """Print the committed leaderboard: per method the baseline, the distilled student and their
     paired difference over seeds (mean ± 95% interval), and the cost."""
-    from kdatlas.leaderboard import read_board
+    from kdatlas.leaderboard import format_interval, read_board
 
     try:
         board = read_board(file)
@@ -85,9 +78,9 @@ def leaderboard(
         cost = row["cost"]
         calls = "—" if cost["teacher_requests"] is None else f"{cost['teacher_requests']:.0f}"
         table.add_row(
-            row["method_id"], row["evaluation"], _interval(values["teacher_interval"]),
-            _interval(values["baseline_interval"]), _interval(values["distilled_interval"]),
-            _interval(values["distilled_minus_baseline"]) + mark,
+            row["method_id"], row["evaluation"], format_interval(values["teacher_interval"]),
+            format_interval(values["baseline_interval"]), format_interval(values["distilled_interval"]),
+            format_interval(values["distilled_minus_baseline"]) + mark,
             f"{cost['student_steps']:.0f}", calls, f"{cost['seconds']:.0f}",
         )  # fmt: skip
     console.print(table)

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from kdatlas.leaderboard import format_interval
 from kdatlas.site.render import render
 
 BOARD_FILE = Path("benchmarks") / "results" / "leaderboard.json"
@@ -37,12 +38,6 @@ def load_board(root: Path) -> tuple[dict[str, Any] | None, str | None]:
         return read_board(path), None
     except ValueError as error:
         return None, str(error)
-
-
-def interval(summary: dict[str, Any]) -> str:
-    if summary["low"] is None:
-        return f"{summary['mean']:.3f}"
-    return f"{summary['mean']:.3f} ± {(summary['high'] - summary['low']) / 2:.3f}"
 
 
 def verdict(values: dict[str, Any]) -> str:
@@ -76,10 +71,10 @@ def standing(board: dict[str, Any] | None, method_id: str) -> list[Standing]:
         Standing(
             metric=name,
             better=row["metrics"][name]["better"],
-            teacher=interval(row["metrics"][name]["teacher_interval"]),
-            baseline=interval(row["metrics"][name]["baseline_interval"]),
-            distilled=interval(row["metrics"][name]["distilled_interval"]),
-            difference=interval(row["metrics"][name]["distilled_minus_baseline"]),
+            teacher=format_interval(row["metrics"][name]["teacher_interval"]),
+            baseline=format_interval(row["metrics"][name]["baseline_interval"]),
+            distilled=format_interval(row["metrics"][name]["distilled_interval"]),
+            difference=format_interval(row["metrics"][name]["distilled_minus_baseline"]),
             verdict=verdict(row["metrics"][name]),
             seeds=len(row["seeds"]),
         )

@@ -84,6 +84,12 @@ def _train(
     return curve, student, source
 
 
+def _interrupt(recipe: Any, root: Path, at_step: int) -> None:
+    """A run killed in the middle of step ``at_step``, its checkpoints in ``root``."""
+    with pytest.raises(Interrupted):
+        _train(recipe, RunCheckpoints(root, every=2), interrupt_at_step=at_step)
+
+
 def _assert_same_weights(a: torch.nn.Module, b: torch.nn.Module) -> None:
     for (name, x), y in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
         assert torch.equal(x, y), name
@@ -106,8 +112,7 @@ RECIPES = {
 @pytest.mark.parametrize("recipe", RECIPES.values(), ids=RECIPES.keys())
 def test_a_run_interrupted_mid_step_resumes_to_the_same_weights(recipe: Any, tmp_path: Path) -> None:
     reference_curve, reference, reference_source = _train(recipe, RunCheckpoints(tmp_path / "a", every=2))
-    with pytest.raises(Interrupted):
-        _train(recipe, RunCheckpoints(tmp_path / "b", every=2), interrupt_at_step=5)
+    _interrupt(recipe, tmp_path / "b", at_step=5)
     phase = tmp_path / "b" / "distilled-student-test"
     assert [p.name for p in phase.iterdir()] == ["step-000004"]  # older checkpoints removed
     curve, resumed, source = _train(recipe, RunCheckpoints(tmp_path / "b", every=2), seed=999)
@@ -144,8 +149,7 @@ def test_a_finished_phase_is_loaded_not_retrained(tmp_path: Path) -> None:
 
 def test_a_save_cut_off_by_a_kill_is_ignored(tmp_path: Path) -> None:
     recipe = forward_kl_recipe()
-    with pytest.raises(Interrupted):
-        _train(recipe, RunCheckpoints(tmp_path, every=2), interrupt_at_step=4)
+    _interrupt(recipe, tmp_path, at_step=4)
     phase = tmp_path / "distilled-student-test"
     (phase / ".step-000004").mkdir()  # a staging folder whose writer was killed
     (phase / ".step-000004" / "model.safetensors").write_bytes(b"partial")
@@ -158,8 +162,7 @@ def test_a_save_cut_off_by_a_kill_is_ignored(tmp_path: Path) -> None:
 
 def test_a_checkpoint_of_another_process_count_is_refused(tmp_path: Path) -> None:
     recipe = forward_kl_recipe()
-    with pytest.raises(Interrupted):
-        _train(recipe, RunCheckpoints(tmp_path, every=2), interrupt_at_step=3)
+    _interrupt(recipe, tmp_path, at_step=3)
     shared_path = tmp_path / "distilled-student-test" / "step-000002" / "optimizer.pt"
     shared = torch.load(shared_path, weights_only=True)
     torch.save({**shared, "processes": 2}, shared_path)
