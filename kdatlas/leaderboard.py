@@ -30,7 +30,13 @@ BOARD_VERSION = 1
 DEFAULT_SEEDS = (0, 1, 2)
 ROLES = ("teacher", "baseline", "distilled")
 # The metrics where lower is better (every other metric the suites report: higher).
-LOWER_IS_BETTER = ("token_kl_to_teacher", "token_reverse_kl_to_teacher", "token_tvd_to_teacher")
+LOWER_IS_BETTER = (
+    "token_kl_to_teacher",
+    "token_reverse_kl_to_teacher",
+    "token_tvd_to_teacher",
+    "oracle_kl",
+    "attack_success_rate",
+)
 REPO = Path(__file__).resolve().parents[1]
 # Code every cell depends on, whatever its method (each method adds its own module).
 SHARED_CODE = ("losses", "tasks", "core", "teachers", "teachers/server", "run", "black_box", "white_box")
@@ -42,9 +48,11 @@ def better_direction(metric: str) -> str:
     return "lower" if base in LOWER_IS_BETTER else "higher"
 
 
-def format_interval(summary: dict[str, Any]) -> str:
+def format_interval(summary: dict[str, Any] | None) -> str:
     """``mean ± half-width`` of a stored interval (the t interval is symmetric); the mean alone
-    for one seed."""
+    for one seed; ``—`` where the metric was not measured."""
+    if summary is None:
+        return "—"
     if summary["low"] is None:
         return f"{summary['mean']:.3f}"
     return f"{summary['mean']:.3f} ± {(summary['high'] - summary['low']) / 2:.3f}"
@@ -128,15 +136,23 @@ def summarise(method_id: str, cells: Sequence[dict[str, Any]]) -> dict[str, Any]
     """A board row from the cells of one method (one per seed, same order for every metric)."""
     cells = sorted(cells, key=lambda c: c["seed"])
     metrics: dict[str, Any] = {}
-    for name in cells[0]["metrics"]["distilled"]:
-        values = {role: [c["metrics"][role][name] for c in cells] for role in ROLES}
+    # Every metric any seed's distilled student reports, in first-seen order (one seed may lack
+    # a metric: no attack success rate where it answered nothing correctly).
+    names = dict.fromkeys(name for c in cells for name in c["metrics"]["distilled"])
+    for name in names:
+        # A role may lack a metric: an endpoint teacher has no likelihoods for the golden metric.
+        values = {role: [c["metrics"][role].get(name) for c in cells] for role in ROLES}
+        values = {role: None if None in column else column for role, column in values.items()}
         difference = paired_difference(values["distilled"], values["baseline"])
         direction = better_direction(name)
         sign = 1 if direction == "higher" else -1
         metrics[name] = {
             "better": direction,
             **{role: values[role] for role in ROLES},
-            **{f"{role}_interval": mean_interval(values[role]).as_dict() for role in ROLES},
+            **{
+                f"{role}_interval": None if values[role] is None else mean_interval(values[role]).as_dict()
+                for role in ROLES
+            },
             "distilled_minus_baseline": difference.as_dict(),
             "separated": difference.excludes_zero,
             "distilled_better": difference.excludes_zero and sign * difference.mean > 0,

@@ -33,6 +33,10 @@ METRIC_LABELS = {
     "token_reverse_kl_to_teacher": "token KL(student‖teacher) ↓",
     "token_tvd_to_teacher": "token TVD to teacher ↓",
     "rouge_l": "ROUGE-L ↑",
+    "oracle_kl": "KL(oracle‖model), golden ↓",
+    "attack_success_rate": "attack success rate ↓",
+    "ood_exact_match": "OOD exact match ↑",
+    "ood_rouge_l": "OOD ROUGE-L ↑",
 }
 
 
@@ -134,7 +138,8 @@ def comparison_table(method_id: str, metrics: dict[str, dict[str, float]]) -> Ta
     table.add_column("metric")
     for column in ("teacher", "baseline student", "distilled student"):
         table.add_column(column, justify="right")
-    for name in metrics["distilled"]:
+    roles = ("teacher", "baseline", "distilled")
+    for name in dict.fromkeys(name for role in roles for name in metrics[role]):
         label = METRIC_LABELS.get(name, name)
         row = [metrics[role].get(name) for role in ("teacher", "baseline", "distilled")]
         table.add_row(label, *("—" if value is None else f"{value:.4f}" for value in row))

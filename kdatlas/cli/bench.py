@@ -24,13 +24,17 @@ def bench(
     steps: Annotated[int | None, typer.Option(min=1, help="Training steps (default: each suite's budget).")] = None,
     sft_steps: Annotated[int | None, typer.Option(min=0, help="Warm-start steps (string suite).")] = None,
     eval_size: Annotated[int | None, typer.Option(min=1, help="Held-out items (default: each suite's).")] = None,
+    student_family: Annotated[
+        str, typer.Option(help="Embedded student family: llama or gpt2 (gpt2 boards go to leaderboard_gpt2.json).")
+    ] = "llama",
     quick: Annotated[bool, typer.Option(help="The CI subset: forward-kl and alpaca, 2 seeds, tiny budgets.")] = False,
     out: Annotated[Path, typer.Option(help="Where the board's JSON goes.")] = BOARD,
     progress: Annotated[bool, typer.Option(help="Show progress.")] = True,
 ) -> None:
     """Run every (method, seed) cell of the leaderboard, reusing cached cells, and write its JSON."""
     from kdatlas.leaderboard import build_board, write_board
-    from kdatlas.runner import RunError
+    from kdatlas.runner import RunError, build_recipe
+    from reference_impls.core.models import STUDENT_FAMILIES
     from reference_impls.core.recipe import RunConfig
     from reference_impls.registry import registered_methods
 
@@ -38,11 +42,17 @@ def bench(
         methods, seeds = ",".join(QUICK["methods"]), QUICK["seeds"]
         steps, sft_steps, eval_size = QUICK["steps"], QUICK["sft_steps"], QUICK["eval_size"]
         out = BOARD.with_name("leaderboard_quick.json") if out == BOARD else out  # never the real board
+    if student_family not in STUDENT_FAMILIES:
+        raise fail(f"unknown student family {student_family!r}: choose one of {', '.join(STUDENT_FAMILIES)}")
     chosen = methods.split(",") if methods else sorted(registered_methods())
     unknown = sorted(set(chosen) - set(registered_methods()))
     if unknown:
         raise fail(f"no implemented method {', '.join(unknown)} (see `kdatlas list --status implemented`)")
-    config = RunConfig(device="cpu", steps=steps, sft_steps=sft_steps, eval_size=eval_size)
+    if student_family != "llama":
+        # Methods that build their student from the (Llama-style) teacher have no other family.
+        chosen = [m for m in chosen if build_recipe(m, {}).students.build is None]
+        out = BOARD.with_name(f"leaderboard_{student_family}.json") if out == BOARD else out
+    config = RunConfig(device="cpu", steps=steps, sft_steps=sft_steps, eval_size=eval_size, student_family=student_family)
     try:
         board = build_board(chosen, range(seeds), config, progress=progress)
     except RunError as error:

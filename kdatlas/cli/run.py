@@ -30,6 +30,11 @@ class Device(str, Enum):
     cuda = "cuda"
 
 
+class Family(str, Enum):
+    llama = "llama"
+    gpt2 = "gpt2"
+
+
 class Precision(str, Enum):
     auto = "auto"
     fp32 = "fp32"
@@ -59,6 +64,9 @@ def run(
     student: Annotated[
         str | None, typer.Option(help="Student: local path or hub id (default: the embedded tiny student).")
     ] = None,
+    student_family: Annotated[
+        Family, typer.Option(help="Architecture of the embedded student (same depth and width).")
+    ] = Family.llama,
     data: Annotated[
         str | None,
         typer.Option(help="JSONL file with 'prompt' and 'response' per line (default: the synthetic suite)."),
@@ -143,6 +151,7 @@ def run(
         teacher=teacher,
         teacher_url=teacher_url,
         student=student,
+        student_family=student_family.value,
         data=data,
         trust_remote_code=trust_remote_code,
         teacher_topk=teacher_topk,

@@ -200,7 +200,12 @@ def student_answers(
 ) -> list[str]:
     """Greedy answers, cut at the first turn separator (a conversation's end of turn)."""
     outputs = generate_responses(model, tokenizer, list(prompts), max_new_tokens=MAX_NEW_TOKENS)
-    return [o.split(suite.TURN_SEPARATOR)[0] for o in outputs]
+    return [first_turn(o) for o in outputs]
+
+
+def first_turn(output: str) -> str:
+    """An output up to the first turn separator (a model may go on with a turn of its own)."""
+    return output.split(suite.TURN_SEPARATOR)[0]
 
 
 def _stable_int(text: str) -> int:

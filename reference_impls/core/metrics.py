@@ -1,15 +1,20 @@
-"""Evaluation metrics: exact match, ROUGE-L F1 and the token-level KL to the teacher.
+"""Evaluation metrics: exact match, ROUGE-L F1, the token-level KL to the teacher, the KL to the oracle.
 
 * Exact match asks whether the generated answer is *one of* the valid answers.
 * ROUGE-L F1 gives partial credit from the longest common subsequence (LCS) with the closest
   valid answer; by default over characters, since the suite's answers are single words.
 * The token-level KL measures how far the student's next-token distributions are from the
   teacher's on the same reference sequences (teacher forcing), i.e. what logit distillation
-  directly optimises, independent of decoding.
+  directly optimises, independent of decoding. It is the *proxy* metric: closeness to a
+  teacher that is itself imperfect.
+* The KL to the oracle is the *golden* metric (teacher hacking, arXiv 2502.02671): how far the
+  student's answer distribution is from the distribution the data was generated from, exactly
+  computable on the embedded suites (`tasks.strings.oracle_distribution`).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -18,7 +23,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from reference_impls.core.tokenizer import encode_pair, pad_id
 from reference_impls.core.training import collate, next_token_view
-from reference_impls.tasks.strings import Example
+from reference_impls.tasks.strings import Example, oracle_distribution
 
 
 def exact_match(predictions: Sequence[str], examples: Sequence[Example]) -> float:
@@ -169,3 +174,56 @@ def token_divergence_to_teacher(
         vocab_size=vocab_size,
         measures=(measure,),
     )[measure]
+
+
+@torch.no_grad()
+def sequence_log_probs(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    pairs: Sequence[tuple[str, str]],
+    *,
+    batch_size: int = 256,
+    vocab_size: int | None = None,
+) -> list[float]:
+    """``log q(response ⊕ EOS | prompt)`` of each ``(prompt, response)`` pair, teacher-forced."""
+    device = next(model.parameters()).device
+    pad = pad_id(tokenizer)
+    values: list[float] = []
+    for start in range(0, len(pairs), batch_size):
+        rows = [encode_pair(tokenizer, prompt, response) for prompt, response in pairs[start : start + batch_size]]
+        batch = {k: v.to(device) for k, v in collate(rows, pad).items()}
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        logits, labels = next_token_view(logits[..., :vocab_size], batch["labels"])
+        log_q = torch.log_softmax(logits.float(), dim=-1)
+        mask = labels != -100
+        picked = log_q.gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+        values.extend((picked * mask).sum(-1).tolist())
+    return values
+
+
+def oracle_kl(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    examples: Sequence[Example],
+    *,
+    batch_size: int = 256,
+    vocab_size: int | None = None,
+) -> float:
+    r"""Mean over examples of the sequence-level $\mathrm{KL}(o \,\|\, q)$ from the oracle $o$ to the model $q$.
+
+    $\mathrm{KL} = \sum_a o(a) \,[\log o(a) - \log q(a \oplus \mathrm{EOS} \mid x)]$ over the
+    oracle's answers $a$ (`oracle_distribution`), in nats per example: exact, no sampling. 0 for a
+    model that puts all its mass on the valid answers in the oracle's proportions; a model that
+    spends mass on wrong answers, or on one valid answer only where several are equally likely,
+    is penalised.
+
+    Raises:
+        ValueError: From `oracle_distribution` for examples without a known oracle.
+    """
+    oracles = [oracle_distribution(e) for e in examples]
+    pairs = [(e.prompt, answer) for e, oracle in zip(examples, oracles, strict=True) for answer in oracle]
+    log_q = iter(sequence_log_probs(model, tokenizer, pairs, batch_size=batch_size, vocab_size=vocab_size))
+    total = 0.0
+    for oracle in oracles:
+        total += sum(p * (math.log(p) - next(log_q)) for p in oracle.values())
+    return total / max(len(examples), 1)

@@ -121,6 +121,8 @@ class RunConfig:
         teacher_model: Model name sent to ``teacher_url``.
         api_key_env: Environment variable with the endpoint's key (read at call time, never stored).
         student: Local path or hub id; ``None`` → the embedded tiny student.
+        student_family: Architecture of the embedded student: ``"llama"`` or ``"gpt2"`` (same
+            depth and width; see `reference_impls.core.models.STUDENT_FAMILIES`).
         data: JSONL file with ``prompt``/``response`` lines (string suite); the last ``eval_size``
             lines (at most a fifth of the file) are held out for evaluation.
         batch_size: Sequences per optimizer step (per process).
@@ -155,6 +157,7 @@ class RunConfig:
     teacher_model: str = "kdatlas-embedded-teacher"
     api_key_env: str | None = "OPENAI_API_KEY"
     student: str | None = None
+    student_family: str = "llama"
     data: str | None = None
     batch_size: int = 32
     learning_rate: float = 3e-3

@@ -20,17 +20,22 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
 from reference_impls.black_box.pipeline import (
     EVALUATIONS,
+    MAX_NEW_TOKENS,
     DistilledData,
     PipelineContext,
+    first_turn,
     score,
     student_answers,
 )
 from reference_impls.core.cache import cache_root
+from reference_impls.core.metrics import oracle_kl
 from reference_impls.core.models import build_student, count_parameters
 from reference_impls.core.recipe import Recipe, RunConfig
+from reference_impls.core.robustness import attack_success_rate
 from reference_impls.core.tokenizer import build_tokenizer
 from reference_impls.run.setup import make_accelerator, make_checkpoints, mixed_precision
 from reference_impls.tasks import instructions as suite
+from reference_impls.tasks.strings import edited
 from reference_impls.teachers.http import OpenAICompatibleTeacher
 from reference_impls.teachers.instruct import (
     InstructTeacherRecipe,
@@ -97,10 +102,11 @@ class InstructionSuiteRun:
         config, device = self.config, self.device
         if config.student is None:
             self.tokenizer = build_tokenizer()
-            self.student_id = "embedded-student"
+            family = config.student_family
+            self.student_id = "embedded-student" if family == "llama" else f"embedded-student-{family}"
 
             def new_student() -> PreTrainedModel:
-                return build_student(self.tokenizer, config.seed).to(device)
+                return build_student(self.tokenizer, config.seed, family).to(device)
 
         else:
             self.tokenizer = AutoTokenizer.from_pretrained(config.student)
@@ -127,7 +133,25 @@ class InstructionSuiteRun:
 
     def _score(self, model: PreTrainedModel) -> dict[str, float]:
         predictions = student_answers(model, self.tokenizer, [e.prompt for e in self.test])
-        return score(predictions, self.test, self.evaluation)
+        return score(predictions, self.test, self.evaluation) | self._golden_and_robustness(
+            model, self.tokenizer, [self.evaluation.read(p) for p in predictions]
+        )
+
+    def _golden_and_robustness(self, model: PreTrainedModel, tokenizer: Any, answers: list[str]) -> dict[str, float]:
+        """The KL from the suite's oracle where the evaluated responses are bare answers (not
+        under the 'explain' system prompt, whose responses carry a rationale), and the attack
+        success rate where the prompts are plain ``"<task>: <input> ="`` (not conversations or
+        system prompts, which the prompt edits would break)."""
+        metrics = {}
+        if all(e.response in e.answers for e in self.test):
+            metrics["oracle_kl"] = oracle_kl(model, tokenizer, self.test)
+        if all(edited(e, 0, 0).prompt == e.prompt for e in self.test):
+            rate = attack_success_rate(
+                model, tokenizer, self.test, answers, max_new_tokens=MAX_NEW_TOKENS, answer_of=first_turn
+            )
+            if rate is not None:  # None: nothing answered correctly, nothing to attack
+                metrics["attack_success_rate"] = rate
+        return metrics
 
     # 3. The teacher scored, through the same text interface the pipeline uses (greedy, cached).
     # Only the main process evaluates.
@@ -136,7 +160,11 @@ class InstructionSuiteRun:
             return {}
         prompts = [e.prompt for e in self.test]
         answers = self.context.ask(prompts, tag="evaluation", stop=(suite.TURN_SEPARATOR,))
-        return score([c.text for c in answers], self.test, self.evaluation)
+        metrics = score([c.text for c in answers], self.test, self.evaluation)
+        if isinstance(self.teacher, LocalTeacher):  # an endpoint gives text, not the model's likelihoods
+            read = [self.evaluation.read(c.text) for c in answers]
+            metrics |= self._golden_and_robustness(self.teacher.model, self.teacher.tokenizer, read)
+        return metrics
 
     # 4. The baseline: the human-written seed data only, in the evaluated format.
     def train_baseline(self) -> tuple[list[float], dict[str, float]]:

@@ -35,9 +35,10 @@ from reference_impls.core.cache import (
 )
 from reference_impls.core.data_sources import OnlineSource, SourceContext
 from reference_impls.core.generation import generate_responses
-from reference_impls.core.metrics import exact_match, mean_rouge_l, token_distances_to_teacher
+from reference_impls.core.metrics import exact_match, mean_rouge_l, oracle_kl, token_distances_to_teacher
 from reference_impls.core.models import build_decoder, build_student_config, count_parameters
 from reference_impls.core.recipe import Recipe, RunConfig
+from reference_impls.core.robustness import robustness_metrics
 from reference_impls.core.sampling import ModelSampler
 from reference_impls.core.tokenizer import TOKENIZERS, pad_id
 from reference_impls.core.training import (
@@ -69,7 +70,14 @@ METRIC_NAMES = (
     "token_reverse_kl_to_teacher",
     "token_tvd_to_teacher",
     "rouge_l",
+    "oracle_kl",
+    "attack_success_rate",
+    "ood_exact_match",
+    "ood_rouge_l",
 )
+# The metrics that need the suite's own generators (its oracle, its edits, its OOD split): not
+# reported on JSONL data.
+SUITE_METRICS = ("oracle_kl", "attack_success_rate", "ood_exact_match", "ood_rouge_l")
 # Metric name → the teacher-forced distance it reports (see metrics.token_divergence_to_teacher).
 DISTANCE_METRICS = {
     "token_kl_to_teacher": "forward-kl",
@@ -105,9 +113,15 @@ def evaluate(
     max_new_tokens: int,
     vocab_size: int | None = None,
     distances_to_teacher: bool = True,
+    suite: bool = True,
 ) -> dict[str, float]:
     """Greedy-decode ``examples`` and score them; distances to ``teacher`` on the reference
-    responses (left out with ``distances_to_teacher=False``: across vocabularies they are undefined)."""
+    responses (left out with ``distances_to_teacher=False``: across vocabularies they are undefined).
+
+    With ``suite`` (examples of the embedded suite) also the golden metric, the KL from the
+    data's oracle, and the robustness metrics (attack success rate, OOD exact match and ROUGE-L,
+    on as many OOD items as ``examples``); JSONL data has no oracle, edits or OOD split.
+    """
     predictions = generate_responses(model, tokenizer, [e.prompt for e in examples], max_new_tokens=max_new_tokens)
     distances = dict.fromkeys(DISTANCE_METRICS, 0.0)  # the teacher's own row
     if not distances_to_teacher:
@@ -117,11 +131,23 @@ def evaluate(
             model, teacher, tokenizer, examples, vocab_size=vocab_size, measures=tuple(DISTANCE_METRICS.values())
         )
         distances = {name: measured[measure] for name, measure in DISTANCE_METRICS.items()}
-    return {
+    metrics = {
         "exact_match": exact_match(predictions, examples),
         **distances,
         "rouge_l": mean_rouge_l(predictions, examples),
     }
+    if suite:
+        metrics["oracle_kl"] = oracle_kl(model, tokenizer, examples, vocab_size=vocab_size)
+        metrics |= robustness_metrics(
+            model,
+            tokenizer,
+            examples,
+            predictions,
+            ood_size=len(examples),
+            max_new_tokens=max_new_tokens,
+            vocab_size=vocab_size,
+        )
+    return metrics
 
 
 class StringSuiteRun:
@@ -176,6 +202,11 @@ class StringSuiteRun:
     def prepare_students(self) -> None:
         config, students = self.config, self.recipe.students
         self._split_data()
+        if students.build is not None and config.student_family != "llama":
+            raise ValueError(
+                f"'{self.recipe.method_id}' builds its student from the (Llama-style) teacher, so "
+                "--student-family does not apply; leave it at 'llama'"
+            )
         if config.student is None and students.build is not None:
             self.student_tokenizer = self.tokenizer
             self.student_id = f"built:{digest({'teacher': self.teacher_id, **students.build.describe()})}"
@@ -183,7 +214,7 @@ class StringSuiteRun:
         elif config.student is None:
             cross = students.cross_tokenizer
             self.student_tokenizer = TOKENIZERS[students.tokenizer]() if cross else self.tokenizer
-            student_config = build_student_config(self.student_tokenizer)
+            student_config = build_student_config(self.student_tokenizer, config.student_family)
             self.student_id = f"embedded:{digest(student_config.to_diff_dict())}"
             start = build_decoder(student_config, config.seed).to(self.device)
         else:
@@ -263,6 +294,7 @@ class StringSuiteRun:
             vocab_size=self.vocab_size,
             # The teacher's own row (cached for every student) always has its zero distances.
             distances_to_teacher=self.shared_vocabulary or model is self.teacher,
+            suite=self.config.data is None,
         )
 
     def _cache_key(self) -> dict[str, Any]:

@@ -173,14 +173,50 @@ def _make_example(task: str, rng: random.Random, sizes: _Sizes) -> Example:
     )
 
 
-def _perturb(example: Example, rng: random.Random) -> Example:
-    """Extra spaces before and after the task name; the answers are unchanged.
+# Whitespace edits of a prompt: (spaces before, spaces after) the task name. They keep the
+# meaning, so the answers stay valid; the adversarial evaluation searches the same set.
+PROMPT_EDITS = ((1, 0), (0, 1), (1, 1), (2, 0), (2, 1), (0, 2), (2, 2), (1, 2))
+
+
+def edited(example: Example, leading: int, trailing: int) -> Example:
+    """``example`` with extra spaces before and after the task name; the answers are unchanged.
 
     The ``"<input> ="`` end of the prompt is kept intact: it is where the models find the
     argument they copy, reverse or sort.
     """
-    leading, trailing = rng.choice([(1, 0), (0, 1), (1, 1), (2, 0), (2, 1), (0, 2), (2, 2), (1, 2)])
     return replace(example, prompt=f"{' ' * leading}{example.task}{' ' * trailing}: {example.input} =")
+
+
+def prompt_edits(example: Example) -> list[Example]:
+    """Every edit of `PROMPT_EDITS` applied to ``example`` (the candidates of an attack)."""
+    return [edited(example, leading, trailing) for leading, trailing in PROMPT_EDITS]
+
+
+def _perturb(example: Example, rng: random.Random) -> Example:
+    return edited(example, *rng.choice(PROMPT_EDITS))
+
+
+def oracle_distribution(example: Example) -> dict[str, float]:
+    """The exact distribution the data generator draws ``example``'s response from.
+
+    Every task but ``vowel`` has one answer (probability 1); ``vowel`` draws uniformly among
+    the distinct vowels of its word (`_make_vowel`). The instruction suite builds its examples
+    from the same generators and deterministic operations, so the rule holds there too. This is
+    the *oracle* of the golden metric: a teacher trained on the suite only approximates it, and a
+    student can imitate the teacher's errors instead of approaching it.
+
+    Raises:
+        ValueError: For examples read from a JSONL file (no known generating distribution) and
+            for responses in another format than the bare answer (e.g. with a rationale).
+    """
+    if example.task == "jsonl":
+        raise ValueError("the oracle is known only for the embedded suites: JSONL data has no known generating distribution")
+    if example.response not in example.answers:
+        raise ValueError(
+            f"the response {example.response!r} is not one of the answers {example.answers}: the oracle "
+            "is defined over bare answers, not over responses with a rationale"
+        )
+    return {answer: 1 / len(example.answers) for answer in example.answers}
 
 
 def make_split(split: str, n: int, *, seed: int = 0, tasks: Sequence[str] = TASK_NAMES) -> list[Example]:

@@ -213,3 +213,32 @@ def test_saved_model_reloads_identically(tokenizer, tmp_path: Path) -> None:
     reloaded = AutoModelForCausalLM.from_pretrained(tmp_path)
     ids = torch.tensor([encode_prompt(tokenizer, "rev: abc =")])
     assert torch.allclose(model(ids).logits, reloaded(ids).logits, atol=1e-5)
+
+
+def test_student_families_share_depth_and_width_without_dropout():
+    from transformers import GPT2LMHeadModel, LlamaForCausalLM
+
+    from reference_impls.core.models import STUDENT_FAMILIES, build_student_config
+
+    tokenizer = build_tokenizer()
+    llama, gpt2 = build_student(tokenizer, 0, "llama"), build_student(tokenizer, 0, "gpt2")
+    assert isinstance(llama, LlamaForCausalLM) and isinstance(gpt2, GPT2LMHeadModel)
+    assert (gpt2.config.n_layer, gpt2.config.n_embd) == (llama.config.num_hidden_layers, llama.config.hidden_size)
+    assert gpt2.config.resid_pdrop == gpt2.config.embd_pdrop == gpt2.config.attn_pdrop == 0.0
+    # Same seed, same weights: the family's student is reproducible like the default one.
+    again = build_student(tokenizer, 0, "gpt2")
+    assert all(torch.equal(a, b) for a, b in zip(gpt2.state_dict().values(), again.state_dict().values(), strict=True))
+    with pytest.raises(ValueError, match="llama, gpt2"):
+        build_student_config(tokenizer, "opt")
+    assert set(STUDENT_FAMILIES) == {"llama", "gpt2"}
+
+
+def test_gpt2_students_decode_left_padded_batches_like_single_prompts():
+    tokenizer = build_tokenizer()
+    model = build_student(tokenizer, 0, "gpt2").eval()
+    with torch.no_grad():  # learned positions that matter: a wrong position id changes the output
+        torch.nn.init.normal_(model.transformer.wpe.weight, std=1.0)
+        model.get_input_embeddings().weight.mul_(8)
+    prompts = ["rev: abc =", "copy: abcdefgh =", "up: xy ="]
+    batched = generate_responses(model, tokenizer, prompts, max_new_tokens=6)
+    assert batched == [generate_responses(model, tokenizer, [p], max_new_tokens=6)[0] for p in prompts]

@@ -19,7 +19,9 @@ from kdatlas.runner import RunError, build_recipe, run_method
 from kdatlas.taxonomy import load_taxonomy
 from reference_impls.registry import registered_methods
 from reference_impls.run import METRIC_NAMES, RunConfig, run_recipe
+from reference_impls.run.strings import SUITE_METRICS
 from reference_impls.teachers.embedded import QUICK_RECIPE
+from tests.support.metrics import expected_names
 
 REPO = Path(__file__).resolve().parents[2]
 USER_CACHE = os.environ.get("KDATLAS_CACHE")  # before the autouse fixture replaces it
@@ -57,10 +59,10 @@ def test_method_runs_end_to_end(method_id: str, tiny_run: dict[str, Any]) -> Non
     assert set(result.metrics) == {"teacher", "baseline", "distilled"}
     across_vocabularies = recipe.students.cross_tokenizer  # distances to the teacher are undefined there
     for role, metrics in result.metrics.items():
-        expected = (
-            {"exact_match", "rouge_l"} if across_vocabularies and role != "teacher" else set(METRIC_NAMES)
-        )
-        assert set(metrics) == expected, role
+        names = set(METRIC_NAMES)
+        if across_vocabularies and role != "teacher":
+            names = {"exact_match", "rouge_l", *SUITE_METRICS}
+        assert set(metrics) == expected_names(metrics, names), role
     assert len(result.curves["distilled"]) == 2
     assert all(loss == loss for loss in result.curves["distilled"]), "NaN loss"
     assert result.config["hyperparameters"] == registered_methods()[method_id].defaults()
@@ -127,7 +129,7 @@ def test_run_method_writes_the_run_directory(tmp_path: Path, tiny_run: dict[str,
     result = run_method("forward-kl", config, out=out, console=console, teacher_recipe=QUICK_RECIPE)
     metrics = json.loads((out / "metrics.json").read_text())
     assert set(metrics) == {"teacher", "baseline", "distilled"}
-    assert set(metrics["distilled"]) == set(METRIC_NAMES)
+    assert set(metrics["distilled"]) == expected_names(metrics["distilled"], METRIC_NAMES)
     config = json.loads((out / "config.json").read_text())
     assert config["method_id"] == "forward-kl" and config["hyperparameters"] == {"temperature": 1.0}
     assert (out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -243,13 +245,15 @@ def test_cross_tokenizer_methods_train_a_student_with_its_own_tokenizer(
     tiny_run: dict[str, Any], tmp_path: Path
 ) -> None:
     """ULD and DSKD-CMA: the embedded student uses the 'pair' tokenizer; its batches carry both
-    tokenizations, and no distance to the teacher is reported (undefined across vocabularies)."""
+    tokenizations, and no token distance to the teacher is reported (undefined across vocabularies)."""
     from reference_impls.core.tokenizer import build_pair_tokenizer
 
     for method_id in ("uld", "dskd"):
         recipe = build_recipe(method_id, {})
         result = run_recipe(recipe, RunConfig(device="cpu", **tiny_run), teacher_recipe=QUICK_RECIPE)
-        assert set(result.metrics["distilled"]) == {"exact_match", "rouge_l"}
+        # The golden and robustness metrics are about text, so they hold across vocabularies.
+        distilled = result.metrics["distilled"]
+        assert set(distilled) == expected_names(distilled, {"exact_match", "rouge_l", *SUITE_METRICS})
         assert "token_kl_to_teacher" in result.metrics["teacher"]
         assert all(math.isfinite(x) for x in result.curves["distilled"])
     # A shared-vocabulary student is refused by token-level methods, accepted by the cross-tokenizer ones.
@@ -270,7 +274,8 @@ def test_cross_tokenizer_methods_train_a_student_with_its_own_tokenizer(
         RunConfig(device="cpu", student=str(student_dir), **tiny_run),
         teacher_recipe=QUICK_RECIPE,
     )
-    assert set(result.metrics["distilled"]) == {"exact_match", "rouge_l"}
+    distilled = result.metrics["distilled"]
+    assert set(distilled) == expected_names(distilled, {"exact_match", "rouge_l", *SUITE_METRICS})
 
 
 def test_entry_hyperparameter_defaults_match_the_code() -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from kdatlas.leaderboard import BOARD_VERSION, summarise
+from kdatlas.leaderboard import BOARD_VERSION, format_interval, summarise
 from kdatlas.site.entry import render_entry
 from kdatlas.site.generate import load_site
 from kdatlas.site.leaderboard import BOARD_FILE, render_leaderboard_page, standing
@@ -81,3 +81,17 @@ def test_a_damaged_board_file_is_a_build_problem(tmp_path: Path) -> None:
 def test_cells_keep_their_seed_order(method_id: str) -> None:
     row = summarise(method_id, [_cell(method_id, 2, 0.1, 0.2), _cell(method_id, 0, 0.3, 0.4)])
     assert row["seeds"] == [0, 2] and row["metrics"]["exact_match"]["baseline"] == [0.3, 0.1]
+
+
+def test_a_metric_a_role_did_not_measure_is_shown_as_missing() -> None:
+    # An endpoint teacher gives text, not likelihoods: no golden metric in its row.
+    cells = []
+    for seed, baseline in enumerate((4.0, 4.2, 4.1)):
+        cell = _cell("alpaca", seed, 0.02, 0.05, evaluation="instructions")
+        cell["metrics"]["baseline"]["oracle_kl"] = baseline
+        cell["metrics"]["distilled"]["oracle_kl"] = baseline - 0.5
+        cells.append(cell)
+    golden = summarise("alpaca", cells)["metrics"]["oracle_kl"]
+    assert golden["teacher"] is None and golden["teacher_interval"] is None
+    assert golden["better"] == "lower" and golden["distilled_better"]
+    assert format_interval(golden["teacher_interval"]) == "—"

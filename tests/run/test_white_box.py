@@ -14,10 +14,11 @@ from reference_impls.core.models import build_decoder, build_student, build_teac
 from reference_impls.core.recipe import Recipe
 from reference_impls.core.tokenizer import build_tokenizer
 from reference_impls.run import METRIC_NAMES, RunConfig, run_recipe
-from reference_impls.run.strings import check_same_vocabulary
+from reference_impls.run.strings import SUITE_METRICS, check_same_vocabulary
 from reference_impls.tasks.strings import make_split, save_jsonl
 from reference_impls.teachers import embedded as teacher_module
 from reference_impls.teachers.embedded import QUICK_RECIPE, load_or_train_teacher, teacher_dir
+from tests.support.metrics import expected_names
 
 
 def forward_kl(
@@ -101,7 +102,7 @@ def test_run_recipe_end_to_end_with_the_embedded_teacher(cache: Path, tiny_run: 
     result = run_recipe(RECIPE, config, teacher_recipe=QUICK_RECIPE)
     assert set(result.metrics) == {"teacher", "baseline", "distilled"}
     for metrics in result.metrics.values():
-        assert set(metrics) == set(METRIC_NAMES)
+        assert set(metrics) == expected_names(metrics, METRIC_NAMES)
         assert 0 <= metrics["exact_match"] <= 1 and 0 <= metrics["rouge_l"] <= 1
     assert result.metrics["teacher"]["token_kl_to_teacher"] == 0.0
     assert result.metrics["distilled"]["token_kl_to_teacher"] > 0
@@ -160,6 +161,8 @@ def test_run_recipe_with_local_model_paths_and_jsonl(
     config = RunConfig(device="cpu", teacher=teacher, student=student, data=str(data), **tiny_run)
     result = run_recipe(RECIPE, config)
     assert set(result.metrics) == {"teacher", "baseline", "distilled"}
+    # JSONL data has no oracle, prompt edits or OOD split: those metrics are left out, not faked.
+    assert set(result.metrics["distilled"]) == set(METRIC_NAMES) - set(SUITE_METRICS)
     assert result.config["data"] == {
         "id": result.config["data"]["id"],
         "train_examples": 32,
@@ -205,3 +208,18 @@ def test_the_same_recipe_object_runs_twice_with_the_same_outcome(
     assert second.config["data_source"] == first.config["data_source"]
     if "origins" in first.config["data_source"]:
         assert sum(first.config["data_source"]["origins"].values()) == 4  # this run's steps only
+
+
+def test_a_gpt2_family_student_runs_and_is_recorded(cache: Path, tiny_run: dict[str, Any]) -> None:
+    result = run_recipe(RECIPE, RunConfig(device="cpu", student_family="gpt2", **tiny_run), teacher_recipe=QUICK_RECIPE)
+    assert set(result.metrics["distilled"]) == expected_names(result.metrics["distilled"], METRIC_NAMES)
+    assert result.config["run"]["student_family"] == "gpt2"
+    llama = run_recipe(RECIPE, RunConfig(device="cpu", **tiny_run), teacher_recipe=QUICK_RECIPE)
+    assert result.config["student"]["id"] != llama.config["student"]["id"]  # separate baseline caches
+
+
+def test_a_student_built_from_the_teacher_has_no_other_family(cache: Path, tiny_run: dict[str, Any]) -> None:
+    from kdatlas.runner import build_recipe
+
+    with pytest.raises(ValueError, match="--student-family does not apply"):
+        run_recipe(build_recipe("minima", {}), RunConfig(device="cpu", student_family="gpt2", **tiny_run), teacher_recipe=QUICK_RECIPE)
