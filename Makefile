@@ -9,7 +9,7 @@ TORCH_SPEC ?= torch==2.13.0
 export NO_MKDOCS_2_WARNING := 1
 export DISABLE_MKDOCS_2_WARNING := true
 
-.PHONY: setup test lint serve docs validate leaderboard bench bench-fresh bench-fused bench-blackbox parity clean
+.PHONY: setup test lint serve docs validate leaderboard claims bench bench-fresh bench-fused bench-blackbox parity clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -42,8 +42,12 @@ serve: setup
 bench: setup
 	$(PY) benchmarks/run_times.py
 
-leaderboard: setup  # every method x 3 seeds, cached cells reused -> benchmarks/results/leaderboard.json (~45 min on 2 cores from scratch)
+leaderboard: setup  # every method x 3 seeds, cached cells reused -> benchmarks/results/leaderboard.json (~1 h on 2 cores from scratch)
 	$(VENV)/bin/kdatlas bench --seeds 3
+	$(VENV)/bin/kdatlas bench --seeds 3 --student-family gpt2 --methods vanilla-kd,seqkd,minillm,generalized-jsd
+
+claims: setup  # the claims' experiments (board cells reused) -> benchmarks/results/claims.json
+	$(VENV)/bin/kdatlas claims --run
 
 bench-fresh: setup  # a new user's first `kdatlas run alpaca` and `kdatlas run forward-kl`, empty cache (~2 min)
 	PYTHONPATH=. $(PY) benchmarks/fresh_machine.py --write

@@ -78,7 +78,9 @@ def code_digest(module: str) -> str:
     )
 
 
-def _cell_key(method_id: str, seed: int, config: Any) -> dict[str, Any]:
+def _cell_key(
+    method_id: str, seed: int, config: Any, overrides: dict[str, str], source: str | None
+) -> dict[str, Any]:
     from reference_impls.registry import get_method
     from reference_impls.teachers.catalog import TEACHERS
 
@@ -89,24 +91,39 @@ def _cell_key(method_id: str, seed: int, config: Any) -> dict[str, Any]:
         "config": {k: v for k, v in asdict(config).items() if k != "progress"},
         "code": code_digest(get_method(method_id).module),
         "teachers": {name: teacher.key for name, teacher in TEACHERS.items()},
+        # A variant (the claims' arms) adds what it changes; the board's own cells keep their key.
+        **({"overrides": overrides} if overrides else {}),
+        **({"source": source} if source else {}),
     }
 
 
-def run_cell(method_id: str, seed: int, config: Any, *, run: Callable[..., Any] | None = None) -> dict[str, Any]:
+def run_cell(
+    method_id: str,
+    seed: int,
+    config: Any,
+    *,
+    overrides: dict[str, str] | None = None,
+    source: str | None = None,
+    run: Callable[..., Any] | None = None,
+) -> dict[str, Any]:
     """One (method, seed) cell: metrics of teacher, baseline and distilled student, and cost.
 
-    Read from the cache when the same code and config ran before; ``run`` (default
-    `reference_impls.run.run_recipe`) is how tests pass a quick teacher.
+    ``overrides`` (hyper-parameters, as ``--set`` takes them) and ``source`` (as ``--source``)
+    make a variant of the method. Read from the cache when the same code and config ran before;
+    ``run`` (default `reference_impls.run.run_recipe`) is how tests pass a quick teacher.
     """
-    from kdatlas.runner import build_recipe
+    from kdatlas.runner import build_recipe, with_source
     from reference_impls.core.cache import cache_root, digest, read_json, write_json_atomically
     from reference_impls.run import run_recipe
 
-    recipe = build_recipe(method_id, {})
+    overrides = dict(overrides or {})
+    recipe = build_recipe(method_id, overrides)
+    if source is not None:
+        recipe = with_source(recipe, source)
     config = replace(config, seed=seed)
     if recipe.evaluation != "strings":  # options of the string suite that a pipeline refuses
         config = replace(config, sft_steps=None, data=None, teacher_topk=None)
-    key = _cell_key(method_id, seed, config)
+    key = _cell_key(method_id, seed, config, overrides, source)
     path = cache_root() / "leaderboard" / f"{method_id}-{seed}-{digest(key)}.json"
     cached = read_json(path)
     if cached is not None:

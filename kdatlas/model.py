@@ -136,6 +136,20 @@ class SurveyPlacement(_Strict):
     alternatives: list[AlternativePlacement] = Field(default_factory=list)
 
 
+class PeerImplementation(_Strict):
+    """Where another framework implements the entry, under which name, and how its convention maps to ours."""
+
+    framework: Text = Field(description="The peer framework, e.g. 'TRL' or 'torchtune'.")
+    name: Text = Field(description="Its trainer, function or option, e.g. 'GKDTrainer (lmbda=0, beta=0)'.")
+    convention: str | None = Field(
+        None, description="How its arguments and values map to the kdatlas implementation (β direction, T², CE form, ...)."
+    )
+    source: Text = Field(description="Where this was read: the peer's file or docs page (and commit).")
+    parity: str | None = Field(
+        None, description="Case id in benchmarks/results/peer_parity.json that checks the mapping numerically."
+    )
+
+
 class Entry(_Strict):
     """One node of the knowledge base: a method, an objective, an evaluation, an application, ..."""
 
@@ -170,6 +184,9 @@ class Entry(_Strict):
         None, description="What the embedded CPU run shows, and what it cannot show."
     )
     former_ids: list[EntryId] = Field(default_factory=list, description="Ids this entry had before a rename.")
+    peers: list[PeerImplementation] = Field(
+        default_factory=list, description="Implementations in peer frameworks, for the peers matrix."
+    )
 
     @model_validator(mode="after")
     def _status_matches_implementation(self) -> Entry:

@@ -4,7 +4,7 @@ Heavy imports (torch, transformers, mkdocs) happen inside the commands that need
 ``kdatlas list`` and ``kdatlas validate`` start quickly.
 
 One module per verb group: `browse` (list, show, stats, cite, export, schema), `author` (new,
-validate), `run` (run, serve-teacher), `bench` (bench, leaderboard), `teachers` (teachers list,
+validate), `run` (run, serve-teacher), `bench` (bench, leaderboard, claims), `teachers` (teachers list,
 teachers build) and `docs` (docs build, docs serve); `common` holds what they share. The
 commands are registered below, in the order ``kdatlas --help`` lists them.
 """
@@ -36,6 +36,7 @@ app.command("new")(author.new)
 app.command("serve-teacher")(run.serve_teacher)
 app.command("bench")(bench.bench)
 app.command("leaderboard")(bench.leaderboard)
+app.command("claims")(bench.claims)
 
 
 def main() -> None:

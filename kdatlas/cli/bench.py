@@ -95,3 +95,58 @@ def leaderboard(
         )  # fmt: skip
     console.print(table)
     console.print("✓ distilled better than the baseline at 95% (paired over seeds); ✗ worse; no mark: not separated")
+
+
+def claims(
+    run: Annotated[bool, typer.Option("--run", help="Run the claims' experiments (cached cells are reused) and write the results.")] = False,
+    only: Annotated[str | None, typer.Option(help="Comma-separated claim ids (default: every claim).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the results' JSON.")] = False,
+    file: Annotated[Path | None, typer.Option(help="The results file (default: benchmarks/results/claims.json).")] = None,
+    progress: Annotated[bool, typer.Option(help="Show progress.")] = True,
+) -> None:
+    """The papers' claims with their verdicts at toy scale (reproduced, not reproduced, inconclusive)."""
+    from kdatlas.claims import (
+        RESULTS_FILE,
+        ClaimsError,
+        evaluate_claims,
+        load_claims,
+        read_results,
+        write_results,
+    )
+    from kdatlas.runner import RunError
+
+    path = file or RESULTS_FILE
+    try:
+        if run:
+            seeds, chosen = load_claims()
+            if only:
+                wanted = only.split(",")
+                unknown = sorted(set(wanted) - {c.id for c in chosen})
+                if unknown:
+                    raise fail(f"no claim {', '.join(unknown)}; the ids are: {', '.join(c.id for c in chosen)}")
+                chosen = [c for c in chosen if c.id in wanted]
+            results = evaluate_claims(chosen, range(seeds), progress=progress)
+            write_results(results, path, only=bool(only))
+        results = read_results(path)
+    except (ClaimsError, RunError) as error:
+        raise fail(str(error)) from None
+    if as_json:
+        console.print_json(json.dumps(results))
+        return
+    table = Table(title=f"claims, seeds {', '.join(map(str, results['seeds']))}", title_justify="left")
+    for column in ("claim", "paper", "verdict", "evidence (a − b, mean ± 95% interval)"):
+        table.add_column(column)
+    for claim in results["claims"]:
+        table.add_row(claim["id"], claim["paper"], claim["verdict"], claim_evidence(claim))
+    console.print(table)
+
+
+def claim_evidence(claim: dict) -> str:
+    """One line per check (or the per-family bests) for the table."""
+    from kdatlas.leaderboard import format_interval
+
+    if claim["kind"] == "family":
+        return "; ".join(f"{family}: best {method}" for family, method in claim["best"].items())
+    return "\n".join(
+        f"{c['metric']}: {c['a']} − {c['b']} = {format_interval(c['a_minus_b'])} ({c['verdict']})" for c in claim["checks"]
+    )

@@ -9,6 +9,7 @@ from functools import partial
 
 from kdatlas.bib import Bibliography, strip_braces
 from kdatlas.model import Entry, Placement, RelationType, Status, TeacherAccess
+from kdatlas.site.frameworks import parity_text
 from kdatlas.site.leaderboard import Standing, standing
 from kdatlas.site.links import (
     BIBLIOGRAPHY_PAGE,
@@ -209,7 +210,10 @@ def render_relations(entry: Entry, site: Site) -> str:
 def render_entry(entry: Entry, site: Site) -> str:
     """The whole page of one entry."""
     view = entry_view(entry, site)
-    return render("entry.md.j2", view=view, entry=entry, link=partial(relative_link, view.page))
+    return render(
+        "entry.md.j2", view=view, entry=entry, link=partial(relative_link, view.page),
+        parity=partial(parity_text, site.parity),
+    )  # fmt: skip
 
 
 def render_redirect(old_id: str, entry: Entry) -> str:

@@ -11,11 +11,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kdatlas.citation import CITATION_FILE, CitationError, load_citation
+from kdatlas.claims import ClaimsError, load_claims
 from kdatlas.export import release_files
 from kdatlas.model import Branch
 from kdatlas.problems import Problem
 from kdatlas.site.catalogue import render_catalogue_page, render_statistics_page
+from kdatlas.site.claims import CLAIMS_PAGE, CLAIMS_RESULTS, load_claim_results, render_claims_page
+from kdatlas.site.conventions import CONVENTIONS_PAGE, load_conventions, render_conventions_page
 from kdatlas.site.entry import render_entry, render_redirect
+from kdatlas.site.frameworks import FRAMEWORKS_PAGE, PARITY_FILE, load_parity, render_frameworks_page
 from kdatlas.site.indexes import (
     HOME_TEMPLATE,
     render_bibliography,
@@ -40,6 +44,7 @@ from kdatlas.site.links import (
     page_url,
     relative_link,
 )
+from kdatlas.site.llms import LLMS_FILE, render_llms_txt
 from kdatlas.site.mdmath import MathError, latex_to_mathml
 from kdatlas.site.render import TEMPLATE_FOLDER
 from kdatlas.site.stats import compute_stats
@@ -107,6 +112,9 @@ def api_problems(site: Site) -> list[Problem]:
     return problems
 
 
+CLAIMS_DEFINITIONS = Path("benchmarks") / "claims.yaml"
+
+
 @dataclass
 class Generated:
     """What `generate_pages` wrote and what it found wrong."""
@@ -124,7 +132,22 @@ def load_site(
     board, board_problem = load_board(root)
     if board_problem:
         problems.append(Problem(root / BOARD_FILE, 1, board_problem, "run `kdatlas bench` again"))
-    return Site(report.taxonomy, report.bibliography, repo_url, repo_branch, board=board), problems
+    claim_results, claims_problem = load_claim_results(root)
+    if claims_problem:
+        problems.append(Problem(root / CLAIMS_RESULTS, 1, claims_problem, "run `kdatlas claims --run` again"))
+    claims: list = []
+    if (root / CLAIMS_DEFINITIONS).exists():
+        try:
+            claims = load_claims(root / CLAIMS_DEFINITIONS)[1]
+        except ClaimsError as error:
+            problems.append(Problem(root / CLAIMS_DEFINITIONS, 1, str(error), "fix the claims file"))
+    site = Site(report.taxonomy, report.bibliography, repo_url, repo_branch, board=board)
+    site.claims, site.claim_results = claims, claim_results
+    site.conventions, site.guards, convention_problems = load_conventions(root)
+    site.parity, parity_problem = load_parity(root)
+    if parity_problem:
+        problems.append(Problem(root / PARITY_FILE, 1, parity_problem, "rerun benchmarks/peer_parity.py"))
+    return site, problems + convention_problems
 
 
 def generate_pages(
@@ -195,6 +218,16 @@ def generate_pages(
             site.board, entry_href=lambda entry_id: relative_link(LEADERBOARD_PAGE, entry_page(entry_id))
         ),
     )
+    emit(CLAIMS_PAGE, render_claims_page(site.claim_results, site.claims, cite=site.short_citation))
+    emit(CONVENTIONS_PAGE, render_conventions_page(site.conventions, site.guards, site.blob_url("").rstrip("/")))
+    emit(
+        FRAMEWORKS_PAGE,
+        render_frameworks_page(
+            taxonomy, site.parity, entry_href=lambda entry_id: relative_link(FRAMEWORKS_PAGE, entry_page(entry_id))
+        ),
+    )
+    # The site's text for agents (https://llmstxt.org): taxonomy, summaries, run commands, rows.
+    emit(LLMS_FILE, render_llms_txt(site))
     # The machine-readable release (`kdatlas export`), downloadable from the site; kd.bib is
     # the same file the bibliography page links to.
     for name, text in release_files(taxonomy, site.bibliography).items():

@@ -19,12 +19,24 @@ from kdatlas.site.render import render
 
 BOARD_FILE = Path("benchmarks") / "results" / "leaderboard.json"
 LEADERBOARD_PAGE = "leaderboard.md"
-# The metrics each suite's table shows (the board holds every metric the runs report).
+# The metrics each suite's headline table shows and each method page lists (the board holds
+# every metric the runs report): the task metric, the golden metric, the proxy, robustness.
 SHOWN = {
-    "strings": ("exact_match", "token_kl_to_teacher"),
-    "instructions": ("exact_match",),
+    "strings": ("exact_match", "oracle_kl", "token_kl_to_teacher", "attack_success_rate", "ood_exact_match"),
+    "instructions": ("exact_match", "oracle_kl", "attack_success_rate"),
 }
-DEFAULT_SHOWN = ("exact_match",)
+DEFAULT_SHOWN = ("exact_match", "oracle_kl")
+HEADLINE = ("exact_match", "oracle_kl", "token_kl_to_teacher")
+ROBUSTNESS = ("attack_success_rate", "ood_exact_match", "ood_rouge_l")
+LABELS = {
+    "exact_match": "exact match",
+    "oracle_kl": "KL from the oracle (golden)",
+    "token_kl_to_teacher": "token KL to the teacher (proxy)",
+    "attack_success_rate": "attack success rate",
+    "ood_exact_match": "OOD exact match",
+    "ood_rouge_l": "OOD ROUGE-L",
+}
+MARKS = {"better": " ✓", "worse": " ✗", "not separated": ""}
 
 
 def load_board(root: Path) -> tuple[dict[str, Any] | None, str | None]:
@@ -82,25 +94,85 @@ def standing(board: dict[str, Any] | None, method_id: str) -> list[Standing]:
     ]
 
 
+@dataclass(frozen=True)
+class Cell:
+    """One metric of one row: the distilled student's mean ± interval and the paired difference."""
+
+    distilled: str
+    difference: str
+
+
+def _cell(row: dict[str, Any], name: str) -> Cell:
+    values = row["metrics"].get(name)
+    if values is None:
+        return Cell("—", "—")
+    return Cell(format_interval(values["distilled_interval"]), format_interval(values["distilled_minus_baseline"]) + MARKS[verdict(values)])
+
+
+def _mean(row: dict[str, Any], name: str, role: str = "distilled") -> float | None:
+    interval = row["metrics"].get(name, {}).get(f"{role}_interval")
+    return None if interval is None else interval["mean"]
+
+
+def _plots(rows: list[dict[str, Any]]) -> list[str]:
+    """Proxy vs golden, the golden difference per method, and cost vs quality (SVG)."""
+    from kdatlas.site.plots import Point, Span, intervals, scatter
+
+    figures = []
+    both = [r for r in rows if _mean(r, "token_kl_to_teacher") is not None and _mean(r, "oracle_kl") is not None]
+    if both:
+        points = [Point(_mean(r, "token_kl_to_teacher"), _mean(r, "oracle_kl"), r["method_id"]) for r in both]
+        baseline = both[0]
+        points.append(Point(_mean(baseline, "token_kl_to_teacher", "baseline"), _mean(baseline, "oracle_kl", "baseline"), "baseline", True))
+        figures.append(scatter(points, title="Proxy vs golden: closeness to the teacher against closeness to the oracle (means over seeds)",
+                               x_label="token KL to the teacher (proxy) ↓", y_label="KL from the oracle (golden) ↓"))  # fmt: skip
+    golden = [r for r in rows if "oracle_kl" in r["metrics"]]
+    if golden:
+        spans = []
+        for r in sorted(golden, key=lambda r: r["metrics"]["oracle_kl"]["distilled_minus_baseline"]["mean"]):
+            d = r["metrics"]["oracle_kl"]["distilled_minus_baseline"]
+            spans.append(Span(r["method_id"], d["mean"], d["low"], d["high"], verdict(r["metrics"]["oracle_kl"]) == "better"))
+        figures.append(intervals(spans, title="Golden metric, distilled − baseline per method (95% interval, paired by seed)",
+                                 x_label="Δ KL from the oracle (below 0: closer to the truth than the baseline)"))  # fmt: skip
+    costed = [r for r in rows if _mean(r, "exact_match") is not None]
+    if costed:
+        points = [Point(r["cost"]["seconds"], _mean(r, "exact_match"), r["method_id"]) for r in costed]
+        figures.append(scatter(points, title="Cost vs quality: wall seconds of a cell against the distilled student's exact match",
+                               x_label="seconds per cell (teacher, baseline and distilled student)", y_label="exact match ↑"))  # fmt: skip
+    return figures
+
+
 def render_leaderboard_page(board: dict[str, Any] | None, entry_href: Callable[[str], str]) -> str:
-    """The leaderboard page: one table per suite, rows sorted by the distilled student's mean."""
+    """The leaderboard page: per suite a headline table (task, golden and proxy metrics, cost), a
+    robustness table and plots; rows sorted by the distilled student's exact match."""
     suites: dict[str, list[dict[str, Any]]] = {}
     for row in (board or {}).get("rows", []):
         suites.setdefault(row["evaluation"], []).append(row)
     tables = []
     for suite, rows in sorted(suites.items()):
-        metric = SHOWN.get(suite, DEFAULT_SHOWN)[0]
-        rows = sorted(rows, key=lambda r: -r["metrics"][metric]["distilled_interval"]["mean"])
-        verdicts = [verdict(r["metrics"][metric]) for r in rows]
+        rows = sorted(rows, key=lambda r: -(_mean(r, "exact_match") or 0.0))
+        headline = [m for m in HEADLINE if any(m in r["metrics"] for r in rows)]
+        robustness = [m for m in ROBUSTNESS if any(m in r["metrics"] for r in rows)]
+        counts = {
+            name: {v: sum(verdict(r["metrics"][name]) == v for r in rows if name in r["metrics"]) for v in MARKS}
+            for name in headline + robustness
+        }
         tables.append(
             {
                 "suite": suite,
-                "metric": metric,
-                "counts": {v: verdicts.count(v) for v in ("better", "worse", "not separated")},
+                "headline": headline,
+                "robustness": robustness,
+                "counts": counts,
                 "rows": [
-                    {"id": r["method_id"], "href": entry_href(r["method_id"]), "standing": standing(board, r["method_id"]), "cost": r["cost"]}
+                    {
+                        "id": r["method_id"],
+                        "href": entry_href(r["method_id"]),
+                        "cost": r["cost"],
+                        "cells": {m: _cell(r, m) for m in headline + robustness},
+                    }
                     for r in rows
                 ],
+                "plots": _plots(rows),
             }
         )
-    return render("leaderboard.md.j2", board=board, tables=tables, board_file=BOARD_FILE.as_posix())
+    return render("leaderboard.md.j2", board=board, tables=tables, labels=LABELS, board_file=BOARD_FILE.as_posix())

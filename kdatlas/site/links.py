@@ -8,7 +8,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from kdatlas.bib import Bibliography
+from kdatlas.bib import Bibliography, strip_braces
 from kdatlas.export import BIB_NAME
 from kdatlas.model import Branch, Entry, RelationType
 from kdatlas.taxonomy import Taxonomy
@@ -88,6 +88,25 @@ class Site:
     api_errors: dict[str, str] = field(default_factory=dict)
     # The committed leaderboard (benchmarks/results/leaderboard.json), if there is one.
     board: dict[str, object] | None = None
+    # The claims (benchmarks/claims.yaml) and their committed results, if there are any.
+    claims: list[object] = field(default_factory=list)
+    claim_results: dict[str, object] | None = None
+    # The conventions (tests/conventions.yaml) and the tests that guard them, by convention id.
+    conventions: list[dict[str, object]] = field(default_factory=list)
+    guards: dict[str, list[object]] = field(default_factory=dict)
+    # Peer parity cases by id (benchmarks/results/peer_parity.json), if committed.
+    parity: dict[str, dict[str, object]] = field(default_factory=dict)
+
+    def short_citation(self, key: str) -> str:
+        """``[Surname et al., year](link)`` for a bibliography key (the key itself if unknown)."""
+        if key not in self.bibliography.entries:
+            return key
+        authors = [a.strip() for a in strip_braces(self.bibliography.field(key, "author")).split(" and ")]
+        surnames = [a.split(",")[0].strip() for a in authors]
+        who = surnames[0] if len(surnames) == 1 else " and ".join(surnames) if len(surnames) == 2 else f"{surnames[0]} et al."
+        text = f"{who}, {self.bibliography.field(key, 'year')}"
+        link = self.bibliography.link(key)
+        return f"[{text}]({link})" if link else text
 
     @property
     def root(self) -> Path:

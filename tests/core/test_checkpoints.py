@@ -192,6 +192,7 @@ def _accumulated(batch_size: int, accumulation: int, steps: int = 3) -> torch.nn
     return student
 
 
+@pytest.mark.convention("accumulation-normaliser")
 def test_accumulated_batches_train_exactly_as_one_large_batch() -> None:
     """Batches of 4 accumulated twice = batches of 8 (the loader's order is the same permutation),
     although the two halves hold different numbers of target tokens."""

@@ -98,6 +98,7 @@ def test_student_init_is_seeded_and_leaves_global_rng_alone(tokenizer) -> None:
 # ------------------------------------------------------------------------------------- batching
 
 
+@pytest.mark.convention("causal-shift")
 def test_collate_and_shift(tokenizer) -> None:
     rows = [encode_pair(tokenizer, "up: a =", "A"), encode_pair(tokenizer, "rev: abc =", "cba")]
     batch = collate(rows, pad=tokenizer.pad_token_id)

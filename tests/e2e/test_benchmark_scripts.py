@@ -26,3 +26,14 @@ def test_the_capacity_gap_sweep_runs_in_quick_mode(tmp_path: Path) -> None:
     ]
     assert all(row["teacher_em"] > 0.7 for row in rows)  # the shipped teacher
     assert (tmp_path / "capacity_gap.png").stat().st_size > 0
+
+
+def test_the_calibration_sweep_runs_in_quick_mode(tmp_path: Path) -> None:
+    env = {**os.environ, "PYTHONPATH": str(REPO), "KDATLAS_CACHE": str(tmp_path / "cache")}
+    command = [sys.executable, "benchmarks/calibration.py", "--quick", "--seeds", "2", "--out", str(tmp_path)]
+    done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = json.loads((tmp_path / "calibration.json").read_text())["rows"]
+    assert [(row["method"], row["setting"]) for row in rows] == [("forward-kl", "default"), ("forward-kl", {"train_size": 300})]
+    assert all(len(row["oracle_kl"]["distilled"]) == 2 for row in rows)
+    assert "| strings | forward-kl | train_size=300 |" in (tmp_path / "calibration.md").read_text()

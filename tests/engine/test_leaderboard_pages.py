@@ -57,8 +57,11 @@ def test_the_verdicts_follow_the_paired_interval() -> None:
 def test_the_leaderboard_page_links_every_row() -> None:
     page = render_leaderboard_page(BOARD, entry_href=lambda entry_id: f"entries/{entry_id}.md")
     assert "## Strings suite" in page
-    assert "1 better,\n0 worse, 1 not separated (of\n2)" in page
+    assert "- exact match: 1 better than the baseline, 0 worse, 1 not separated." in page
     assert page.index("[forward-kl](entries/forward-kl.md)") < page.index("[reverse-kl](entries/reverse-kl.md)")
+    # forward-kl's row: its mean, then its paired gain with the mark of a separated better result.
+    assert "| [forward-kl](entries/forward-kl.md) | 0.300 ± 0.124 | 0.050 ± 0.000 ✓ |" in page
+    assert '<div class="kd-sortable" markdown>' in page and "Cost vs quality" in page
     empty = render_leaderboard_page(None, entry_href=str)
     assert "No leaderboard is committed yet" in empty and "kdatlas bench" in empty
 
@@ -95,3 +98,19 @@ def test_a_metric_a_role_did_not_measure_is_shown_as_missing() -> None:
     assert golden["teacher"] is None and golden["teacher_interval"] is None
     assert golden["better"] == "lower" and golden["distilled_better"]
     assert format_interval(golden["teacher_interval"]) == "—"
+
+
+def test_the_golden_metric_gets_its_columns_and_plots() -> None:
+    def with_golden(cell: dict, shift: float) -> dict:
+        for role, value in (("teacher", 0.8), ("baseline", 7.0), ("distilled", 7.0 - shift)):
+            cell["metrics"][role]["oracle_kl"] = value
+        return cell
+
+    rows = [
+        summarise("forward-kl", [with_golden(_cell("forward-kl", s, 0.2, 0.25), 0.5 + 0.1 * s) for s in range(3)]),
+        summarise("reverse-kl", [with_golden(_cell("reverse-kl", s, 0.2, 0.2), (-0.2, 0.3, 0.0)[s]) for s in range(3)]),
+    ]
+    page = render_leaderboard_page({**BOARD, "rows": rows}, entry_href=lambda entry_id: entry_id)
+    assert "KL from the oracle (golden)" in page and "- KL from the oracle (golden): 1 better than the baseline" in page
+    assert "Proxy vs golden" in page and "Golden metric, distilled − baseline per method" in page
+    assert page.count("<svg") == 3

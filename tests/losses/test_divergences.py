@@ -260,12 +260,14 @@ def test_jsd_bounded_by_binary_entropy(beta: float) -> None:
     )
 
 
+@pytest.mark.convention("jsd-beta-direction")
 def test_jsd_endpoints_are_exactly_forward_and_reverse_kl() -> None:
     student, teacher, labels = make_inputs(seed=6)
     for beta, kl in ((0.0, forward_kl), (1.0, reverse_kl)):
         assert torch.equal(generalized_jsd(student, teacher, labels, beta=beta), kl(student, teacher, labels))
 
 
+@pytest.mark.convention("jsd-beta-direction")
 def test_jsd_is_not_continuous_at_the_endpoints() -> None:
     """Documented, not a bug: the interior formula is about beta * FKL near 0 (and (1 - beta) * RKL near 1)."""
     student, teacher, labels = make_inputs(seed=6)
@@ -327,6 +329,7 @@ def test_adaptive_kl_lies_between_fkl_and_rkl() -> None:
     )
 
 
+@pytest.mark.convention("cross-entropy-form")
 def test_cross_entropy_form_adds_teacher_entropy_with_same_gradient() -> None:
     student, teacher, labels = make_inputs(seed=10)
     grads = []
@@ -375,6 +378,7 @@ def test_adaptive_kl_gradient_treats_the_weights_as_constants() -> None:
     assert actual.abs().max() > 0
 
 
+@pytest.mark.convention("teacher-gets-no-gradient")
 @pytest.mark.parametrize("loss", DIVERGENCE_FNS)
 def test_teacher_gets_no_gradient(loss: str) -> None:
     student, teacher, labels = make_inputs(seed=12)
@@ -387,6 +391,7 @@ def test_teacher_gets_no_gradient(loss: str) -> None:
 # --- edge cases: masking, infinities, dtypes ----------------------------------------------------------
 
 
+@pytest.mark.convention("empty-batch")
 @pytest.mark.parametrize("loss", ALL_LOSSES)
 def test_all_positions_masked_gives_exact_zero_and_zero_grads(loss: str) -> None:
     student, teacher, labels = make_inputs(seed=13)
@@ -397,6 +402,7 @@ def test_all_positions_masked_gives_exact_zero_and_zero_grads(loss: str) -> None
     assert student.grad is not None and torch.all(student.grad == 0)
 
 
+@pytest.mark.convention("minus-inf-logits")
 @pytest.mark.parametrize("loss", [*DIVERGENCE_FNS, "hard_label_ce"])
 def test_shared_minus_inf_equals_loss_on_remaining_vocab(loss: str) -> None:
     student, teacher, labels = make_inputs(seed=14)
@@ -415,6 +421,7 @@ def test_shared_minus_inf_equals_loss_on_remaining_vocab(loss: str) -> None:
     assert torch.all(padded_s.grad[..., [0, 5, 6]] == 0)
 
 
+@pytest.mark.convention("minus-inf-logits")
 @pytest.mark.parametrize("loss", DIVERGENCE_FNS)
 def test_fully_minus_inf_padding_row_is_finite(loss: str) -> None:
     student, teacher, labels = make_inputs(seed=15)
@@ -425,6 +432,7 @@ def test_fully_minus_inf_padding_row_is_finite(loss: str) -> None:
     assert torch.isfinite(value) and student.grad is not None and torch.isfinite(student.grad).all()
 
 
+@pytest.mark.convention("minus-inf-logits")
 @pytest.mark.parametrize(("side", "sign"), [("teacher", -1), ("student", -1), ("teacher", 1), ("student", 1)])
 @pytest.mark.parametrize("loss", DIVERGENCE_FNS)
 def test_inf_in_one_model_is_skipped(loss: str, side: str, sign: int) -> None:
@@ -446,6 +454,7 @@ def test_inf_in_one_model_is_skipped(loss: str, side: str, sign: int) -> None:
     torch.testing.assert_close(value.double(), expected, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.convention("low-precision-reductions")
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("loss", DIVERGENCE_FNS)
 def test_half_precision_inputs_give_float32_close_to_float32_inputs(loss: str, dtype: torch.dtype) -> None:
@@ -507,6 +516,7 @@ def test_bad_arguments_raise_helpful_value_error(thunk: Any, match: str) -> None
 # --- reductions and scaling -----------------------------------------------------------------------------
 
 
+@pytest.mark.convention("accumulation-normaliser")
 @pytest.mark.parametrize("loss", [*DIVERGENCE_FNS, "hard_label_ce"])
 def test_reductions(loss: str) -> None:
     student, teacher, labels = make_inputs(seed=18)
@@ -526,6 +536,7 @@ def test_reductions(loss: str) -> None:
         torch.testing.assert_close(call(loss, student, teacher, None), unmasked.mean())
 
 
+@pytest.mark.convention("temperature-squared")
 @pytest.mark.parametrize("loss", DIVERGENCE_FNS)
 def test_t_squared_scaling_is_opt_in(loss: str) -> None:
     student, teacher, labels = make_inputs(seed=19)

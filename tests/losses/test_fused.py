@@ -133,6 +133,7 @@ def test_value_and_gradients_equal_reference_float64(
     _assert_same(x, reference, fused)
 
 
+@pytest.mark.convention("temperature-squared")
 @pytest.mark.parametrize("divergence", sorted(DIVERGENCES))
 def test_with_hard_label_term_t2_and_batched_shapes(divergence: str) -> None:
     x = _inputs()
@@ -192,6 +193,7 @@ def test_all_masked_gives_zero_loss_and_zero_gradients() -> None:
         assert torch.count_nonzero(grad) == 0
 
 
+@pytest.mark.convention("minus-inf-logits")
 def test_infinite_logits_are_masked_like_the_reference() -> None:
     """A -inf shared by both heads (padded vocabulary) and a -inf in the teacher only."""
     x = _inputs()
@@ -207,6 +209,7 @@ def test_infinite_logits_are_masked_like_the_reference() -> None:
         _assert_same(x, reference, fused)
 
 
+@pytest.mark.convention("accumulation-normaliser")
 def test_gradient_accumulation_with_num_items_in_batch() -> None:
     """Two half-batches divided by the whole batch's token count sum to the one-batch loss."""
     x = _inputs(n=24)
