@@ -29,7 +29,7 @@ from typing import Any
 
 import yaml
 
-from kdatlas.leaderboard import better_direction, run_cell
+from kdatlas.leaderboard import better_direction, read_results_file, run_cell
 from kdatlas.stats import mean_interval, paired_difference
 
 CLAIMS_VERSION = 1
@@ -264,12 +264,4 @@ def read_results(path: Path = RESULTS_FILE) -> dict[str, Any]:
     Raises:
         ClaimsError: Missing, not JSON or of another version — with what to run.
     """
-    try:
-        results = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ClaimsError(f"no claim results at {path}: run `kdatlas claims --run`") from None
-    except json.JSONDecodeError as error:
-        raise ClaimsError(f"{path} is not valid JSON ({error}); run `kdatlas claims --run` again") from None
-    if results.get("version") != CLAIMS_VERSION:
-        raise ClaimsError(f"{path} holds claim results of version {results.get('version')!r}: rerun `kdatlas claims --run`")
-    return results
+    return read_results_file(path, CLAIMS_VERSION, "claim results", "kdatlas claims --run", ClaimsError)

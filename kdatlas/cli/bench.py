@@ -27,6 +27,10 @@ def bench(
     student_family: Annotated[
         str, typer.Option(help="Embedded student family: llama or gpt2 (gpt2 boards go to leaderboard_gpt2.json).")
     ] = "llama",
+    teacher: Annotated[str | None, typer.Option(help="Teacher for every cell: a local path (from_pretrained).")] = None,
+    student: Annotated[str | None, typer.Option(help="Student for every cell: a local path (from_pretrained).")] = None,
+    data: Annotated[str | None, typer.Option(help="JSONL data for the white-box cells (prompt/response lines).")] = None,
+    device: Annotated[str, typer.Option(help="cpu, cuda or auto.")] = "cpu",
     quick: Annotated[bool, typer.Option(help="The CI subset: forward-kl and alpaca, 2 seeds, tiny budgets.")] = False,
     out: Annotated[Path, typer.Option(help="Where the board's JSON goes.")] = BOARD,
     progress: Annotated[bool, typer.Option(help="Show progress.")] = True,
@@ -48,11 +52,16 @@ def bench(
     unknown = sorted(set(chosen) - set(registered_methods()))
     if unknown:
         raise fail(f"no implemented method {', '.join(unknown)} (see `kdatlas list --status implemented`)")
+    if (teacher or student or data) and out == BOARD:
+        raise fail("a board of your own models or data needs its own file: add --out PATH (the default is the embedded board)")
     if student_family != "llama":
         # Methods that build their student from the (Llama-style) teacher have no other family.
         chosen = [m for m in chosen if build_recipe(m, {}).students.build is None]
         out = BOARD.with_name(f"leaderboard_{student_family}.json") if out == BOARD else out
-    config = RunConfig(device="cpu", steps=steps, sft_steps=sft_steps, eval_size=eval_size, student_family=student_family)
+    config = RunConfig(
+        device=device, steps=steps, sft_steps=sft_steps, eval_size=eval_size, student_family=student_family,
+        teacher=teacher, student=student, data=data,
+    )  # fmt: skip
     try:
         board = build_board(chosen, range(seeds), config, progress=progress)
     except RunError as error:

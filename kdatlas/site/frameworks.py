@@ -21,15 +21,26 @@ FRAMEWORKS_PAGE = "frameworks.md"
 
 
 def load_parity(root: Path) -> tuple[dict[str, dict[str, Any]], str | None]:
-    """Parity cases by id (empty when none are committed), or a problem with the file."""
+    """Parity groups by id (empty when none are committed), or a problem with the file.
+
+    A group (``trl-forward-kl``, ``torchtune-reverse-kl``, ...) is every case of one mapping: it
+    passes when all its cases do, and reports the largest absolute difference.
+    """
     path = root / PARITY_FILE
     if not path.exists():
         return {}, None
     try:
         results = json.loads(path.read_text(encoding="utf-8"))
-        return {case["id"]: case for case in results["cases"]}, None
+        groups: dict[str, dict[str, Any]] = {}
+        for case in results["cases"]:
+            group = groups.setdefault(case["group"], {"id": case["group"], "peer": case["peer"], "version": case["peer_version"],
+                                                      "pass": True, "max_abs_diff": 0.0, "cases": 0})  # fmt: skip
+            group["pass"] = group["pass"] and bool(case["pass"])
+            group["max_abs_diff"] = max(group["max_abs_diff"], case["max_abs_diff"] or 0.0)
+            group["cases"] += 1
+        return groups, None
     except (json.JSONDecodeError, KeyError, TypeError) as error:
-        return {}, f"{PARITY_FILE}: not a parity results file ({error}); rerun benchmarks/peer_parity.py"
+        return {}, f"{PARITY_FILE}: not a parity results file ({error!r}); rerun benchmarks/peer_parity.py"
 
 
 def parity_text(cases: dict[str, dict[str, Any]], case_id: str | None) -> str:
@@ -40,7 +51,7 @@ def parity_text(cases: dict[str, dict[str, Any]], case_id: str | None) -> str:
     if case is None:
         return "not run"
     verdict = "✓ equal" if case["pass"] else "✗ differs"
-    return f"{verdict} ({case['peer']} {case['version']}, max \\|Δ\\| {case['max_abs_diff']:.1e})"
+    return f"{verdict} ({case['peer']} {case['version']}, {case['cases']} cases, max \\|Δ\\| {case['max_abs_diff']:.1e})"
 
 
 def render_frameworks_page(taxonomy: Taxonomy, cases: dict[str, dict[str, Any]], entry_href) -> str:

@@ -28,7 +28,13 @@ from kdatlas.site.indexes import (
     render_tags_page,
     render_taxonomy_index,
 )
-from kdatlas.site.leaderboard import BOARD_FILE, LEADERBOARD_PAGE, load_board, render_leaderboard_page
+from kdatlas.site.leaderboard import (
+    BOARD_FILE,
+    FAMILY_BOARD_FILE,
+    LEADERBOARD_PAGE,
+    load_board,
+    render_leaderboard_page,
+)
 from kdatlas.site.links import (
     BIB_DOWNLOAD,
     BIBLIOGRAPHY_PAGE,
@@ -132,6 +138,9 @@ def load_site(
     board, board_problem = load_board(root)
     if board_problem:
         problems.append(Problem(root / BOARD_FILE, 1, board_problem, "run `kdatlas bench` again"))
+    family_board, family_problem = load_board(root, FAMILY_BOARD_FILE)
+    if family_problem:
+        problems.append(Problem(root / FAMILY_BOARD_FILE, 1, family_problem, "run `kdatlas bench --student-family gpt2` again"))
     claim_results, claims_problem = load_claim_results(root)
     if claims_problem:
         problems.append(Problem(root / CLAIMS_RESULTS, 1, claims_problem, "run `kdatlas claims --run` again"))
@@ -142,7 +151,7 @@ def load_site(
         except ClaimsError as error:
             problems.append(Problem(root / CLAIMS_DEFINITIONS, 1, str(error), "fix the claims file"))
     site = Site(report.taxonomy, report.bibliography, repo_url, repo_branch, board=board)
-    site.claims, site.claim_results = claims, claim_results
+    site.claims, site.claim_results, site.family_board = claims, claim_results, family_board
     site.conventions, site.guards, convention_problems = load_conventions(root)
     site.parity, parity_problem = load_parity(root)
     if parity_problem:
@@ -215,7 +224,9 @@ def generate_pages(
     emit(
         LEADERBOARD_PAGE,
         render_leaderboard_page(
-            site.board, entry_href=lambda entry_id: relative_link(LEADERBOARD_PAGE, entry_page(entry_id))
+            site.board,
+            entry_href=lambda entry_id: relative_link(LEADERBOARD_PAGE, entry_page(entry_id)),
+            family_board=site.family_board,
         ),
     )
     emit(CLAIMS_PAGE, render_claims_page(site.claim_results, site.claims, cite=site.short_citation))

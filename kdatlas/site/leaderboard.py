@@ -18,6 +18,9 @@ from kdatlas.leaderboard import format_interval
 from kdatlas.site.render import render
 
 BOARD_FILE = Path("benchmarks") / "results" / "leaderboard.json"
+# The same board with the GPT-2-style student (`kdatlas bench --student-family gpt2`).
+FAMILY_BOARD_FILE = Path("benchmarks") / "results" / "leaderboard_gpt2.json"
+FAMILY_METRICS = ("exact_match", "oracle_kl", "ood_rouge_l")
 LEADERBOARD_PAGE = "leaderboard.md"
 # The metrics each suite's headline table shows and each method page lists (the board holds
 # every metric the runs report): the task metric, the golden metric, the proxy, robustness.
@@ -39,11 +42,11 @@ LABELS = {
 MARKS = {"better": " ✓", "worse": " ✗", "not separated": ""}
 
 
-def load_board(root: Path) -> tuple[dict[str, Any] | None, str | None]:
+def load_board(root: Path, file: Path = BOARD_FILE) -> tuple[dict[str, Any] | None, str | None]:
     """``(board, None)``, ``(None, None)`` when none is committed, or ``(None, problem)``."""
     from kdatlas.leaderboard import read_board
 
-    path = root / BOARD_FILE
+    path = root / file
     if not path.exists():
         return None, None
     try:
@@ -142,7 +145,20 @@ def _plots(rows: list[dict[str, Any]]) -> list[str]:
     return figures
 
 
-def render_leaderboard_page(board: dict[str, Any] | None, entry_href: Callable[[str], str]) -> str:
+def family_rows(board: dict[str, Any] | None, family_board: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """Per method of the GPT-2 board: its cells beside the Llama board's, for `FAMILY_METRICS`."""
+    llama = {r["method_id"]: r for r in (board or {}).get("rows", [])}
+    rows = []
+    for row in (family_board or {}).get("rows", []):
+        if row["method_id"] in llama:
+            cells = {m: (_cell(llama[row["method_id"]], m), _cell(row, m)) for m in FAMILY_METRICS}
+            rows.append({"id": row["method_id"], "cells": cells})
+    return rows
+
+
+def render_leaderboard_page(
+    board: dict[str, Any] | None, entry_href: Callable[[str], str], family_board: dict[str, Any] | None = None
+) -> str:
     """The leaderboard page: per suite a headline table (task, golden and proxy metrics, cost), a
     robustness table and plots; rows sorted by the distilled student's exact match."""
     suites: dict[str, list[dict[str, Any]]] = {}
@@ -175,4 +191,7 @@ def render_leaderboard_page(board: dict[str, Any] | None, entry_href: Callable[[
                 "plots": _plots(rows),
             }
         )
-    return render("leaderboard.md.j2", board=board, tables=tables, labels=LABELS, board_file=BOARD_FILE.as_posix())
+    return render(
+        "leaderboard.md.j2", board=board, tables=tables, labels=LABELS, board_file=BOARD_FILE.as_posix(),
+        families=family_rows(board, family_board), family_metrics=FAMILY_METRICS, entry_href=entry_href,
+    )  # fmt: skip

@@ -88,6 +88,8 @@ class Site:
     api_errors: dict[str, str] = field(default_factory=dict)
     # The committed leaderboard (benchmarks/results/leaderboard.json), if there is one.
     board: dict[str, object] | None = None
+    # The same board with the GPT-2-style student (benchmarks/results/leaderboard_gpt2.json).
+    family_board: dict[str, object] | None = None
     # The claims (benchmarks/claims.yaml) and their committed results, if there are any.
     claims: list[object] = field(default_factory=list)
     claim_results: dict[str, object] | None = None

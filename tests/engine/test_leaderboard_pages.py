@@ -114,3 +114,12 @@ def test_the_golden_metric_gets_its_columns_and_plots() -> None:
     assert "KL from the oracle (golden)" in page and "- KL from the oracle (golden): 1 better than the baseline" in page
     assert "Proxy vs golden" in page and "Golden metric, distilled − baseline per method" in page
     assert page.count("<svg") == 3
+
+
+def test_the_family_board_is_set_beside_the_default_one() -> None:
+    gpt2 = {**BOARD, "rows": [summarise("forward-kl", [_cell("forward-kl", s, 0.2, 0.21 + 0.01 * s) for s in range(3)])]}
+    page = render_leaderboard_page(BOARD, entry_href=lambda entry_id: entry_id, family_board=gpt2)
+    assert "## Model families" in page
+    assert "| [forward-kl](forward-kl) | llama | 0.300 ± 0.124 | 0.050 ± 0.000 ✓ |" in page
+    assert "| | gpt2 | 0.220 ± 0.025 | 0.020 ± 0.025 | — | — |" in page  # no golden metric in these cells
+    assert "## Model families" not in render_leaderboard_page(BOARD, entry_href=str)
