@@ -122,7 +122,7 @@ def run_cell(
         recipe = with_source(recipe, source)
     config = replace(config, seed=seed)
     if recipe.evaluation != "strings":  # options of the string suite that a pipeline refuses
-        config = replace(config, sft_steps=None, data=None, teacher_topk=None)
+        config = replace(config, sft_steps=None, data=None, eval_data=(), teacher_topk=None)
     key = _cell_key(method_id, seed, config, overrides, source)
     path = cache_root() / "leaderboard" / f"{method_id}-{seed}-{digest(key)}.json"
     cached = read_json(path)
@@ -149,22 +149,13 @@ def run_cell(
     return {**cell, "cached": False}
 
 
-# Metrics a suite's runs report that do not measure what their name says there, left off the
-# board: under the 'explain' system prompt students answer with a rationale first, so the
-# likelihood of the bare answer (what `oracle_kl` scores) is not their answer distribution. The
-# run code reports it since issue 14's first board; drop it there at the next full rerun (a change
-# to the shared layers reruns every cell).
-NOT_MEANINGFUL = {"explained": ("oracle_kl",)}
-
-
 def summarise(method_id: str, cells: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """A board row from the cells of one method (one per seed, same order for every metric)."""
     cells = sorted(cells, key=lambda c: c["seed"])
     metrics: dict[str, Any] = {}
     # Every metric any seed's distilled student reports, in first-seen order (one seed may lack
     # a metric: no attack success rate where it answered nothing correctly).
-    skipped = NOT_MEANINGFUL.get(cells[0]["evaluation"], ())
-    names = dict.fromkeys(name for c in cells for name in c["metrics"]["distilled"] if name not in skipped)
+    names = dict.fromkeys(name for c in cells for name in c["metrics"]["distilled"])
     for name in names:
         # A role may lack a metric: an endpoint teacher has no likelihoods for the golden metric.
         values = {role: [c["metrics"][role].get(name) for c in cells] for role in ROLES}

@@ -284,7 +284,8 @@ def read_request(run_dir: Path) -> tuple[str, dict[str, str], str | None, Any]:
         if unknown:
             raise RunError(f"{path}: unknown run options {', '.join(unknown)} (written by another kdatlas version?)")
         overrides = {str(k): str(v) for k, v in request["overrides"].items()}
-        return str(request["method_id"]), overrides, request["source"], RunConfig(**request["config"])
+        config = request["config"] | {"eval_data": tuple(request["config"].get("eval_data", ()))}  # JSON has no tuples
+        return str(request["method_id"]), overrides, request["source"], RunConfig(**config)
     except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as error:
         raise RunError(f"{path} is damaged ({error}); start a new run") from None
 

@@ -24,12 +24,18 @@ def bench(
     steps: Annotated[int | None, typer.Option(min=1, help="Training steps (default: each suite's budget).")] = None,
     sft_steps: Annotated[int | None, typer.Option(min=0, help="Warm-start steps (string suite).")] = None,
     eval_size: Annotated[int | None, typer.Option(min=1, help="Held-out items (default: each suite's).")] = None,
+    max_new_tokens: Annotated[
+        int | None, typer.Option(min=1, help="Generation limit of the white-box cells (default 24).")
+    ] = None,
     student_family: Annotated[
         str, typer.Option(help="Embedded student family: llama or gpt2 (gpt2 boards go to leaderboard_gpt2.json).")
     ] = "llama",
     teacher: Annotated[str | None, typer.Option(help="Teacher for every cell: a local path (from_pretrained).")] = None,
     student: Annotated[str | None, typer.Option(help="Student for every cell: a local path (from_pretrained).")] = None,
     data: Annotated[str | None, typer.Option(help="JSONL data for the white-box cells (prompt/response lines).")] = None,
+    eval_data: Annotated[
+        list[str] | None, typer.Option(help="A further held-out JSONL set for the white-box cells (repeatable).")
+    ] = None,
     device: Annotated[str, typer.Option(help="cpu, cuda or auto.")] = "cpu",
     quick: Annotated[bool, typer.Option(help="The CI subset: forward-kl and alpaca, 2 seeds, tiny budgets.")] = False,
     out: Annotated[Path, typer.Option(help="Where the board's JSON goes.")] = BOARD,
@@ -59,8 +65,9 @@ def bench(
         chosen = [m for m in chosen if build_recipe(m, {}).students.build is None]
         out = BOARD.with_name(f"leaderboard_{student_family}.json") if out == BOARD else out
     config = RunConfig(
-        device=device, steps=steps, sft_steps=sft_steps, eval_size=eval_size, student_family=student_family,
-        teacher=teacher, student=student, data=data,
+        device=device, steps=steps, sft_steps=sft_steps, eval_size=eval_size, max_new_tokens=max_new_tokens,
+        student_family=student_family,
+        teacher=teacher, student=student, data=data, eval_data=tuple(eval_data or ()),
     )  # fmt: skip
     try:
         board = build_board(chosen, range(seeds), config, progress=progress)

@@ -71,6 +71,13 @@ def run(
         str | None,
         typer.Option(help="JSONL file with 'prompt' and 'response' per line (default: the synthetic suite)."),
     ] = None,
+    eval_data: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="A further held-out JSONL set, scored by exact match and word ROUGE-L under its file name "
+            "(with --data; repeatable: the MiniLLM protocol's instruction sets).",
+        ),
+    ] = None,
     out: Annotated[Path | None, typer.Option(help="Run directory (default: runs/<id>-<time>).")] = None,
     set_: Annotated[
         list[str] | None,
@@ -114,6 +121,10 @@ def run(
     eval_size: Annotated[
         int | None, typer.Option(min=1, help="Held-out items scored (default: the suite's, 210 or 240).")
     ] = None,
+    max_new_tokens: Annotated[
+        int | None,
+        typer.Option(min=1, help="Generation limit of white-box runs at evaluation and for generated data (default 24)."),
+    ] = None,
     gradient_accumulation: Annotated[
         int, typer.Option(min=1, help="Batches per optimizer step (token-weighted: exactly one larger batch).")
     ] = 1,
@@ -153,10 +164,12 @@ def run(
         student=student,
         student_family=student_family.value,
         data=data,
+        eval_data=tuple(eval_data or ()),
         trust_remote_code=trust_remote_code,
         teacher_topk=teacher_topk,
         progress=progress,
         eval_size=eval_size,
+        max_new_tokens=max_new_tokens,
         batch_size=batch_size,
         gradient_accumulation=gradient_accumulation,
         precision=precision.value,

@@ -24,10 +24,9 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from reference_impls.core.checkpoints import RunCheckpoints
 from reference_impls.core.generation import generate_responses
-from reference_impls.core.metrics import exact_match, mean_rouge_l
+from reference_impls.core.metrics import exact_match, mean_rouge_l, sequence_log_probs
 from reference_impls.core.recipe import RunConfig, TeacherAccess
 from reference_impls.core.sft import TrainingExample, fine_tune
-from reference_impls.core.tokenizer import encode_pair
 from reference_impls.core.training import Loss, cross_entropy_objective
 from reference_impls.tasks import instructions as suite
 from reference_impls.tasks.strings import Example, extract_answer
@@ -160,39 +159,13 @@ class PipelineContext:
         """The student's greedy answers (cut at the end of a turn)."""
         return student_answers(model, self.tokenizer, prompts)
 
-    @torch.no_grad()
     def response_nll(self, model: PreTrainedModel, pairs: Sequence[tuple[str, str]]) -> list[float]:
         """Mean token negative log-likelihood of each response given its prompt (``""`` for none),
         EOS excluded: ``log PPL(response | prompt)``."""
-        model.eval()
-        encoded = []
-        for prompt, response in pairs:
-            ids, labels = encode_pair(self.tokenizer, prompt, response)
-            encoded.append((ids[:-1], labels[:-1]))  # drop EOS: the response text only
-        values = [0.0] * len(encoded)
-        # Right-padded batches of similar length: causal attention makes padding at the end
-        # invisible to the real tokens, so each value equals its own single-sequence pass.
-        order = sorted(range(len(encoded)), key=lambda i: len(encoded[i][0]))
-        for start in range(0, len(order), NLL_BATCH_SIZE):
-            rows = order[start : start + NLL_BATCH_SIZE]
-            width = max(len(encoded[i][0]) for i in rows)
-            ids = torch.zeros((len(rows), width), dtype=torch.long)
-            labels = torch.full((len(rows), width), -100, dtype=torch.long)
-            for row, i in enumerate(rows):
-                row_ids, row_labels = encoded[i]
-                ids[row, : len(row_ids)] = torch.tensor(row_ids)
-                labels[row, : len(row_labels)] = torch.tensor(row_labels)
-            attention = (torch.arange(width) < torch.tensor([len(encoded[i][0]) for i in rows])[:, None]).long()
-            logits = model(ids.to(self.device), attention_mask=attention.to(self.device)).logits[:, :-1].float()
-            targets = labels[:, 1:].to(self.device)
-            token_nll = torch.nn.functional.cross_entropy(
-                logits.transpose(1, 2), targets, ignore_index=-100, reduction="none"
-            )
-            mask = targets != -100
-            per_row = (token_nll * mask).sum(1) / mask.sum(1).clamp(min=1)
-            for row, i in enumerate(rows):
-                values[i] = float(per_row[row])
-        return values
+        log_probs = sequence_log_probs(
+            model, self.tokenizer, pairs, batch_size=NLL_BATCH_SIZE, with_eos=False, per_token=True
+        )
+        return [-value for value in log_probs]
 
 
 def student_answers(
@@ -225,7 +198,10 @@ class Evaluation:
 
     ``baseline_data(seeds, n, seed)`` is what the seed-only baseline trains on: ``n`` human-written
     examples in the format that is evaluated (by default the instruction seed tasks themselves),
-    so that the baseline is not scored on a format it never saw.
+    so that the baseline is not scored on a format it never saw. ``golden``: the evaluated
+    response is the bare answer, so the suite's oracle distribution over answers is the right
+    reference for the model's response distribution (not under the 'explain' system prompt,
+    where a rationale comes first).
     """
 
     examples: Callable[[int], list[Example]]
@@ -235,6 +211,7 @@ class Evaluation:
     baseline_data: Callable[[Sequence[Example], int, int], list[TrainingExample]] = (
         lambda seeds, n, seed: _pairs(seeds)
     )
+    golden: bool = True
 
 
 def _under(system: str, example: Example) -> Example:
@@ -256,6 +233,7 @@ def _system_evaluation(system: str, description: str) -> Evaluation:
         by_group=lambda e: f"depth {suite.depth_of(e)}",
         description=description,
         baseline_data=seed_data,
+        golden=system != suite.EXPLAIN,
     )
 
 

@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Sequence
 
 import torch
@@ -46,18 +47,29 @@ def lcs_length(a: Sequence[str], b: Sequence[str]) -> int:
     return previous[-1]
 
 
+def _rouge_words(text: str) -> list[str]:
+    return _NOT_ALPHANUMERIC.sub(" ", text.lower()).split()
+
+
+_NOT_ALPHANUMERIC = re.compile(r"[^a-z0-9]+")
+
+
 def rouge_l(prediction: str, reference: str, *, unit: str = "char") -> float:
     r"""ROUGE-L F1 between two texts.
 
     $P = \mathrm{LCS}/|pred|$, $R = \mathrm{LCS}/|ref|$, $F_1 = 2PR/(P+R)$, over characters
-    (``unit="char"``) or whitespace-separated words (``unit="word"``). Two empty texts score 1.
+    (``unit="char"``) or words (``unit="word"``). Words follow the default tokenizer of Google's
+    ``rouge_score``, which the MiniLLM/S-NI evaluation scripts call: lower-cased, every run of
+    characters other than ``a-z0-9`` a separator. Those scripts also Porter-stem the words
+    (``use_stemmer=True``); this function does not, so on free text it can score slightly lower
+    than they do (stemming only adds matches). Two empty texts score 1.
     """
     if unit not in ("char", "word"):
         raise ValueError(f"unit must be 'char' or 'word', got {unit!r}")
     if unit == "char":
         pred, ref = list(prediction.strip()), list(reference.strip())
     else:
-        pred, ref = prediction.split(), reference.split()
+        pred, ref = _rouge_words(prediction), _rouge_words(reference)
     if not pred and not ref:
         return 1.0
     common = lcs_length(pred, ref)
@@ -184,20 +196,35 @@ def sequence_log_probs(
     *,
     batch_size: int = 256,
     vocab_size: int | None = None,
+    with_eos: bool = True,
+    per_token: bool = False,
 ) -> list[float]:
-    """``log q(response ⊕ EOS | prompt)`` of each ``(prompt, response)`` pair, teacher-forced."""
+    """``log q(response ⊕ EOS | prompt)`` of each ``(prompt, response)`` pair, teacher-forced.
+
+    ``with_eos=False`` scores the response text alone; ``per_token`` divides by the number of
+    scored tokens (the mean token log-likelihood, ``-log PPL``). Rows are right-padded, which
+    causal attention keeps invisible to the real tokens: each value equals its own
+    single-sequence pass.
+    """
     device = next(model.parameters()).device
     pad = pad_id(tokenizer)
     values: list[float] = []
+    was_training = model.training
+    model.eval()
     for start in range(0, len(pairs), batch_size):
         rows = [encode_pair(tokenizer, prompt, response) for prompt, response in pairs[start : start + batch_size]]
+        if not with_eos:
+            rows = [(ids[:-1], labels[:-1]) for ids, labels in rows]
         batch = {k: v.to(device) for k, v in collate(rows, pad).items()}
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
         logits, labels = next_token_view(logits[..., :vocab_size], batch["labels"])
         log_q = torch.log_softmax(logits.float(), dim=-1)
         mask = labels != -100
-        picked = log_q.gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
-        values.extend((picked * mask).sum(-1).tolist())
+        picked = (log_q.gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1) * mask).sum(-1)
+        if per_token:
+            picked = picked / mask.sum(-1).clamp(min=1)
+        values.extend(picked.tolist())
+    model.train(was_training)
     return values
 
 

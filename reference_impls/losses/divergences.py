@@ -272,8 +272,9 @@ def adaptive_kl(
 def adaptive_kl_weight(p: Tensor, q: Tensor, mu: float) -> Tensor:
     """AKL's forward-KL weight $g_\text{head} / (g_\text{head} + g_\text{tail})$ per position, ``[..., 1]``.
 
-    The head is the smallest set of the teacher's most probable tokens whose mass reaches ``mu``
-    (at least one token); the gaps are $|P - Q|$. A constant: no gradient flows through it.
+    The head is the longest run of the teacher's most probable tokens whose cumulative mass does
+    not exceed ``mu`` (and always the most probable token, even when it alone exceeds ``mu``);
+    the gaps are $|P - Q|$. A constant: no gradient flows through it.
     """
     gap = (p - q).abs()
     p_sorted, order = p.sort(dim=-1, descending=True)

@@ -28,8 +28,9 @@ from reference_impls.core.data_sources import DataSource
 from reference_impls.core.recipe import Recipe, RunConfig
 from reference_impls.core.sft import TrainingExample
 from reference_impls.run.instructions import InstructionSuiteRun
+from reference_impls.run.scoring import METRIC_NAMES
 from reference_impls.run.setup import check_device
-from reference_impls.run.strings import METRIC_NAMES, StringSuiteRun
+from reference_impls.run.strings import StringSuiteRun
 from reference_impls.teachers.embedded import TeacherRecipe
 from reference_impls.teachers.instruct import InstructTeacherRecipe
 

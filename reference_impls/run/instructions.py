@@ -70,6 +70,7 @@ class InstructionSuiteRun:
     ) -> None:
         not_applicable = {
             "--data": config.data,
+            "--eval-data": config.eval_data or None,
             "--sft-steps": config.sft_steps,
             "--teacher-topk": config.teacher_topk,
         }
@@ -138,12 +139,12 @@ class InstructionSuiteRun:
         )
 
     def _golden_and_robustness(self, model: PreTrainedModel, tokenizer: Any, answers: list[str]) -> dict[str, float]:
-        """The KL from the suite's oracle where the evaluated responses are bare answers (not
-        under the 'explain' system prompt, whose responses carry a rationale), and the attack
+        """The KL from the suite's oracle where the evaluation is ``golden`` (its responses are
+        bare answers, not a rationale first as under the 'explain' system prompt), and the attack
         success rate where the prompts are plain ``"<task>: <input> ="`` (not conversations or
         system prompts, which the prompt edits would break)."""
         metrics = {}
-        if all(e.response in e.answers for e in self.test):
+        if self.evaluation.golden and all(e.response in e.answers for e in self.test):
             metrics["oracle_kl"] = oracle_kl(model, tokenizer, self.test)
         if all(edited(e, 0, 0).prompt == e.prompt for e in self.test):
             rate = attack_success_rate(

@@ -34,11 +34,8 @@ from reference_impls.core.cache import (
     write_json_atomically,
 )
 from reference_impls.core.data_sources import OnlineSource, SourceContext
-from reference_impls.core.generation import generate_responses
-from reference_impls.core.metrics import exact_match, mean_rouge_l, oracle_kl, token_distances_to_teacher
 from reference_impls.core.models import build_decoder, build_student_config, count_parameters
 from reference_impls.core.recipe import Recipe, RunConfig
-from reference_impls.core.robustness import robustness_metrics
 from reference_impls.core.sampling import ModelSampler
 from reference_impls.core.tokenizer import TOKENIZERS, pad_id
 from reference_impls.core.training import (
@@ -48,6 +45,7 @@ from reference_impls.core.training import (
     needs_teacher,
     train_student,
 )
+from reference_impls.run.scoring import HELD_OUT_SET_METRICS, METRIC_NAMES, evaluate
 from reference_impls.run.setup import make_accelerator, make_checkpoints, mixed_precision
 from reference_impls.run.topk import offline_topk_loss
 from reference_impls.tasks.strings import SUITE_VERSION, Example, load_jsonl, make_split
@@ -64,26 +62,6 @@ DEFAULT_SFT_STEPS = 400
 DEFAULT_EVAL_SIZE = 210
 DEFAULT_MAX_NEW_TOKENS = 24
 VALIDATION_SIZE = 64  # held-out examples for sources that adapt to a validation loss
-METRIC_NAMES = (
-    "exact_match",
-    "token_kl_to_teacher",
-    "token_reverse_kl_to_teacher",
-    "token_tvd_to_teacher",
-    "rouge_l",
-    "oracle_kl",
-    "attack_success_rate",
-    "ood_exact_match",
-    "ood_rouge_l",
-)
-# The metrics that need the suite's own generators (its oracle, its edits, its OOD split): not
-# reported on JSONL data.
-SUITE_METRICS = ("oracle_kl", "attack_success_rate", "ood_exact_match", "ood_rouge_l")
-# Metric name → the teacher-forced distance it reports (see metrics.token_divergence_to_teacher).
-DISTANCE_METRICS = {
-    "token_kl_to_teacher": "forward-kl",
-    "token_reverse_kl_to_teacher": "reverse-kl",
-    "token_tvd_to_teacher": "total-variation",
-}
 # Cached baselines and teacher metrics are keyed by the source of the code that produces them.
 _CODE = (Path(__file__).parent, Path(__file__).parents[1] / "core")
 
@@ -102,52 +80,6 @@ def check_same_vocabulary(
             f"({len(student_tokenizer)} tokens): token-level distillation needs one shared vocabulary. "
             "Use a student with the teacher's tokenizer, or a cross-tokenizer method: `uld` or `dskd`."
         )
-
-
-def evaluate(
-    model: PreTrainedModel,
-    teacher: PreTrainedModel,
-    tokenizer: PreTrainedTokenizerBase,
-    examples: Sequence[Example],
-    *,
-    max_new_tokens: int,
-    vocab_size: int | None = None,
-    distances_to_teacher: bool = True,
-    suite: bool = True,
-) -> dict[str, float]:
-    """Greedy-decode ``examples`` and score them; distances to ``teacher`` on the reference
-    responses (left out with ``distances_to_teacher=False``: across vocabularies they are undefined).
-
-    With ``suite`` (examples of the embedded suite) also the golden metric, the KL from the
-    data's oracle, and the robustness metrics (attack success rate, OOD exact match and ROUGE-L,
-    on as many OOD items as ``examples``); JSONL data has no oracle, edits or OOD split.
-    """
-    predictions = generate_responses(model, tokenizer, [e.prompt for e in examples], max_new_tokens=max_new_tokens)
-    distances = dict.fromkeys(DISTANCE_METRICS, 0.0)  # the teacher's own row
-    if not distances_to_teacher:
-        distances = {}
-    elif model is not teacher:
-        measured = token_distances_to_teacher(
-            model, teacher, tokenizer, examples, vocab_size=vocab_size, measures=tuple(DISTANCE_METRICS.values())
-        )
-        distances = {name: measured[measure] for name, measure in DISTANCE_METRICS.items()}
-    metrics = {
-        "exact_match": exact_match(predictions, examples),
-        **distances,
-        "rouge_l": mean_rouge_l(predictions, examples),
-    }
-    if suite:
-        metrics["oracle_kl"] = oracle_kl(model, tokenizer, examples, vocab_size=vocab_size)
-        metrics |= robustness_metrics(
-            model,
-            tokenizer,
-            examples,
-            predictions,
-            ood_size=len(examples),
-            max_new_tokens=max_new_tokens,
-            vocab_size=vocab_size,
-        )
-    return metrics
 
 
 class StringSuiteRun:
@@ -237,8 +169,9 @@ class StringSuiteRun:
         self.start = start
 
     def _split_data(self) -> None:
-        """The suite, or a JSONL file whose tail is held out."""
+        """The suite, or a JSONL file whose tail is held out (and further held-out JSONL sets)."""
         config = self.config
+        self.held_out_sets = _held_out_sets(config)
         if config.data is None:
             self.train = make_split("train", config.train_size)
             self.test = make_split("test", self.eval_size)
@@ -253,7 +186,7 @@ class StringSuiteRun:
         held_out = max(1, min(self.eval_size, len(examples) // 5))
         self.train, self.test = examples[:-held_out], examples[-held_out:]
         self.validation = self.train[-VALIDATION_SIZE:]  # a JSONL file has no spare examples: reuse a slice
-        self.data_id = f"{config.data}@{fingerprint(config.data)}"
+        self.data_id = "+".join(f"{path}@{fingerprint(path)}" for path in (config.data, *config.eval_data))
 
     def _loader(
         self, responses: Sequence[str], examples: Sequence[Example] | None = None, paired: bool = False
@@ -285,10 +218,11 @@ class StringSuiteRun:
         )
 
     def _score(self, model: PreTrainedModel) -> dict[str, float]:
-        return evaluate(
+        tokenizer = self.student_tokenizer if model is not self.teacher else self.tokenizer
+        metrics = evaluate(
             model,
             self.teacher,
-            self.student_tokenizer if model is not self.teacher else self.tokenizer,
+            tokenizer,
             self.test,
             max_new_tokens=self.max_new_tokens,
             vocab_size=self.vocab_size,
@@ -296,6 +230,13 @@ class StringSuiteRun:
             distances_to_teacher=self.shared_vocabulary or model is self.teacher,
             suite=self.config.data is None,
         )
+        for name, examples in self.held_out_sets.items():
+            scored = evaluate(
+                model, self.teacher, tokenizer, examples, max_new_tokens=self.max_new_tokens,
+                vocab_size=self.vocab_size, distances_to_teacher=False, suite=False,
+            )  # fmt: skip
+            metrics |= {f"{metric} ({name})": scored[metric] for metric in HELD_OUT_SET_METRICS}
+        return metrics
 
     def _cache_key(self) -> dict[str, Any]:
         return {
@@ -437,12 +378,37 @@ class StringSuiteRun:
             "suite_version": SUITE_VERSION,
             "teacher": {"id": self.teacher_id, "parameters": count_parameters(self.teacher)},
             "student": {"id": self.student_id, "parameters": self.student_size},
-            "data": {"id": self.data_id, "train_examples": len(self.train), "eval_examples": len(self.test)},
+            "data": {
+                "id": self.data_id,
+                "train_examples": len(self.train),
+                "eval_examples": len(self.test),
+                **({"held_out_sets": {n: len(e) for n, e in self.held_out_sets.items()}} if self.held_out_sets else {}),
+            },
             "device": str(self.device),
             "precision": mixed_precision(self.config),
             "processes": self.accelerator.num_processes,
             "baseline_cached": self.baseline_cached,
         }
+
+
+def _held_out_sets(config: RunConfig) -> dict[str, list[Example]]:
+    """``RunConfig.eval_data``: each file's examples under its stem (``dolly.jsonl`` → ``dolly``).
+
+    Raises:
+        ValueError: Without ``data`` (the suite has its own held-out split), or when two files
+            share a stem (their metrics would share a name).
+    """
+    if not config.eval_data:
+        return {}
+    if config.data is None:
+        raise ValueError("--eval-data adds held-out JSONL sets to a run on JSONL data: give --data FILE.jsonl too")
+    sets: dict[str, list[Example]] = {}
+    for path in config.eval_data:
+        name = Path(path).stem
+        if name in sets:
+            raise ValueError(f"two --eval-data files are both named {name!r}: their metrics would collide; rename one")
+        sets[name] = load_jsonl(path)
+    return sets
 
 
 def _output_size(model: PreTrainedModel) -> int:

@@ -53,6 +53,16 @@ def test_rouge_l_hand_cases() -> None:
         rouge_l("a", "b", unit="byte")
 
 
+def test_word_rouge_l_tokenises_like_rouge_score() -> None:
+    # rouge_score's default tokenizer: lower-case, anything but a-z0-9 separates words, so case
+    # and punctuation do not count ("Paris." matches "paris"); no stemming ("cats" != "cat").
+    assert rouge_l("The capital is Paris.", "the capital is paris", unit="word") == 1.0
+    assert rouge_l("well-known", "well known", unit="word") == 1.0
+    # LCS(["two", "cats"], ["two", "cat"]) = 1: P = R = 1/2.
+    assert rouge_l("Two cats", "two cat", unit="word") == pytest.approx(0.5)
+    assert rouge_l("...", "!", unit="word") == 1.0  # no words on either side
+
+
 def test_mean_rouge_l_takes_the_best_answer() -> None:
     examples = [example("p", "xyz", "abc"), example("q", "abcd")]
     assert mean_rouge_l(["abc", "abxd"], examples) == pytest.approx((1.0 + 0.75) / 2)

@@ -34,6 +34,6 @@ def test_the_calibration_sweep_runs_in_quick_mode(tmp_path: Path) -> None:
     done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     rows = json.loads((tmp_path / "calibration.json").read_text())["rows"]
-    assert [(row["method"], row["setting"]) for row in rows] == [("forward-kl", "default"), ("forward-kl", {"train_size": 300})]
+    assert [(row["method"], row["setting"]) for row in rows] == [("forward-kl", "default"), ("forward-kl", {"train_size": 1000})]
     assert all(len(row["oracle_kl"]["distilled"]) == 2 for row in rows)
-    assert "| strings | forward-kl | train_size=300 |" in (tmp_path / "calibration.md").read_text()
+    assert "| strings | forward-kl | train_size=1000 |" in (tmp_path / "calibration.md").read_text()

@@ -18,8 +18,8 @@ from rich.console import Console
 from kdatlas.runner import RunError, build_recipe, run_method
 from kdatlas.taxonomy import load_taxonomy
 from reference_impls.registry import registered_methods
-from reference_impls.run import METRIC_NAMES, RunConfig, run_recipe
-from reference_impls.run.strings import SUITE_METRICS
+from reference_impls.run import RunConfig, run_recipe
+from reference_impls.run.scoring import SUITE_METRICS, reported_metrics
 from reference_impls.teachers.embedded import QUICK_RECIPE
 from tests.support.metrics import expected_names
 
@@ -29,9 +29,7 @@ IMPLEMENTED = sorted(registered_methods())
 # Black-box pipelines run through their own harness (tests/black_box/test_pipeline.py and
 # test_pipeline_methods_run_end_to_end below); the rest train on logits or teacher text.
 PIPELINES = [
-    m
-    for m in IMPLEMENTED
-    if registered_methods()[m].module.startswith("reference_impls.black_box.")
+    m for m in IMPLEMENTED if registered_methods()[m].module.startswith("reference_impls.black_box.")
 ]
 WHITE_BOX = [m for m in IMPLEMENTED if m not in PIPELINES]
 
@@ -59,7 +57,7 @@ def test_method_runs_end_to_end(method_id: str, tiny_run: dict[str, Any]) -> Non
     assert set(result.metrics) == {"teacher", "baseline", "distilled"}
     across_vocabularies = recipe.students.cross_tokenizer  # distances to the teacher are undefined there
     for role, metrics in result.metrics.items():
-        names = set(METRIC_NAMES)
+        names = set(reported_metrics(suite=True))
         if across_vocabularies and role != "teacher":
             names = {"exact_match", "rouge_l", *SUITE_METRICS}
         assert set(metrics) == expected_names(metrics, names), role
@@ -93,9 +91,7 @@ def test_pipeline_methods_run_end_to_end(method_id: str, tmp_path: Path) -> None
         # The oracle's answers are already right, so its reflection rewrites none of them.
         overrides["keep_rejected_responses"] = "true"
     recipe = build_recipe(method_id, overrides)
-    config = RunConfig(
-        device="cpu", steps=4, eval_size=16, cache=str(tmp_path / "c.jsonl"), progress=False
-    )
+    config = RunConfig(device="cpu", steps=4, eval_size=16, cache=str(tmp_path / "c.jsonl"), progress=False)
     result = run_recipe(recipe, config, teacher=OracleTeacher())
     assert set(result.metrics) == {"teacher", "baseline", "distilled"}
     assert result.metrics["teacher"]["exact_match"] == 1.0  # the oracle, scored exactly
@@ -129,7 +125,7 @@ def test_run_method_writes_the_run_directory(tmp_path: Path, tiny_run: dict[str,
     result = run_method("forward-kl", config, out=out, console=console, teacher_recipe=QUICK_RECIPE)
     metrics = json.loads((out / "metrics.json").read_text())
     assert set(metrics) == {"teacher", "baseline", "distilled"}
-    assert set(metrics["distilled"]) == expected_names(metrics["distilled"], METRIC_NAMES)
+    assert set(metrics["distilled"]) == expected_names(metrics["distilled"], reported_metrics(suite=True))
     config = json.loads((out / "config.json").read_text())
     assert config["method_id"] == "forward-kl" and config["hyperparameters"] == {"temperature": 1.0}
     assert (out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -161,7 +157,11 @@ def test_run_method_writes_a_pipeline_run_directory(tmp_path: Path, monkeypatch:
     console = Console(record=True, width=120)
     config = RunConfig(device="cpu", steps=2, progress=False)
     run_method(
-        "alpaca", config, out=out, overrides={"num_instructions": "20"}, console=console,
+        "alpaca",
+        config,
+        out=out,
+        overrides={"num_instructions": "20"},
+        console=console,
         teacher=OracleTeacher(),
     )
     assert set(json.loads((out / "metrics.json").read_text())) == {"teacher", "baseline", "distilled"}

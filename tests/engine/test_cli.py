@@ -116,6 +116,13 @@ def test_run_rejects_unknown_method_and_bad_override() -> None:
     assert bad_form.exit_code == 2 and "KEY=VALUE" in bad_form.stderr
 
 
+def test_run_eval_data_needs_data(tmp_path: Path) -> None:
+    held_out = tmp_path / "vicuna.jsonl"
+    held_out.write_text('{"prompt": "a", "response": "b"}\n')
+    result = runner.invoke(app, ["run", "forward-kl", "--eval-data", str(held_out), "--out", str(tmp_path / "run")])
+    assert result.exit_code == 2 and "give --data FILE.jsonl too" in " ".join(result.stderr.split())
+
+
 def test_export_writes_json_yaml_and_bib_that_round_trip(tmp_path: Path) -> None:
     import yaml
 

@@ -13,8 +13,9 @@ from reference_impls.core.data_sources import DatasetResponses, SourceContext, T
 from reference_impls.core.models import build_decoder, build_student, build_teacher_config
 from reference_impls.core.recipe import Recipe
 from reference_impls.core.tokenizer import build_tokenizer
-from reference_impls.run import METRIC_NAMES, RunConfig, run_recipe
-from reference_impls.run.strings import SUITE_METRICS, check_same_vocabulary
+from reference_impls.run import RunConfig, run_recipe
+from reference_impls.run.scoring import HELD_OUT_SET_METRICS, reported_metrics
+from reference_impls.run.strings import check_same_vocabulary
 from reference_impls.tasks.strings import make_split, save_jsonl
 from reference_impls.teachers import embedded as teacher_module
 from reference_impls.teachers.embedded import QUICK_RECIPE, load_or_train_teacher, teacher_dir
@@ -102,7 +103,7 @@ def test_run_recipe_end_to_end_with_the_embedded_teacher(cache: Path, tiny_run: 
     result = run_recipe(RECIPE, config, teacher_recipe=QUICK_RECIPE)
     assert set(result.metrics) == {"teacher", "baseline", "distilled"}
     for metrics in result.metrics.values():
-        assert set(metrics) == expected_names(metrics, METRIC_NAMES)
+        assert set(metrics) == expected_names(metrics, reported_metrics(suite=True))
         assert 0 <= metrics["exact_match"] <= 1 and 0 <= metrics["rouge_l"] <= 1
     assert result.metrics["teacher"]["token_kl_to_teacher"] == 0.0
     assert result.metrics["distilled"]["token_kl_to_teacher"] > 0
@@ -156,19 +157,41 @@ def test_run_recipe_with_local_model_paths_and_jsonl(
     cache: Path, tmp_path: Path, tiny_run: dict[str, Any]
 ) -> None:
     teacher, student = _save_pair(tmp_path)
-    data = tmp_path / "data.jsonl"
+    data, dolly, vicuna = tmp_path / "data.jsonl", tmp_path / "dolly.jsonl", tmp_path / "sets" / "vicuna.jsonl"
     save_jsonl(make_split("train", 40), data)
-    config = RunConfig(device="cpu", teacher=teacher, student=student, data=str(data), **tiny_run)
+    save_jsonl(make_split("test", 6), dolly)
+    vicuna.parent.mkdir()
+    save_jsonl(make_split("test", 5)[1:], vicuna)
+    config = RunConfig(
+        device="cpu", teacher=teacher, student=student, data=str(data), eval_data=(str(dolly), str(vicuna)), **tiny_run
+    )
     result = run_recipe(RECIPE, config)
     assert set(result.metrics) == {"teacher", "baseline", "distilled"}
-    # JSONL data has no oracle, prompt edits or OOD split: those metrics are left out, not faked.
-    assert set(result.metrics["distilled"]) == set(METRIC_NAMES) - set(SUITE_METRICS)
+    # JSONL data has no oracle, prompt edits or OOD split: those metrics are left out, not faked;
+    # each further held-out set is scored under its file's stem.
+    per_set = {f"{metric} ({name})" for metric in HELD_OUT_SET_METRICS for name in ("dolly", "vicuna")}
+    for metrics in result.metrics.values():
+        assert set(metrics) == set(reported_metrics(suite=False)) | per_set
+        assert all(0 <= metrics[name] <= 1 for name in per_set)
     assert result.config["data"] == {
         "id": result.config["data"]["id"],
         "train_examples": 32,
         "eval_examples": 8,
+        "held_out_sets": {"dolly": 6, "vicuna": 4},
     }
+    assert str(dolly) in result.config["data"]["id"]  # a changed held-out set is another run
     assert result.config["teacher"]["id"].startswith(teacher)
+
+
+def test_held_out_sets_need_data_and_distinct_names(tmp_path: Path) -> None:
+    first, second = tmp_path / "a" / "dolly.jsonl", tmp_path / "b" / "dolly.jsonl"
+    for path in (first, second):
+        path.parent.mkdir()
+        save_jsonl(make_split("test", 2), path)
+    with pytest.raises(ValueError, match="give --data"):
+        run_recipe(RECIPE, RunConfig(device="cpu", eval_data=(str(first),)))
+    with pytest.raises(ValueError, match="both named 'dolly'"):
+        run_recipe(RECIPE, RunConfig(device="cpu", data=str(first), eval_data=(str(first), str(second))))
 
 
 def test_vocabulary_mismatch_names_both_sizes_and_the_cross_tokenizer_methods(
@@ -211,8 +234,12 @@ def test_the_same_recipe_object_runs_twice_with_the_same_outcome(
 
 
 def test_a_gpt2_family_student_runs_and_is_recorded(cache: Path, tiny_run: dict[str, Any]) -> None:
-    result = run_recipe(RECIPE, RunConfig(device="cpu", student_family="gpt2", **tiny_run), teacher_recipe=QUICK_RECIPE)
-    assert set(result.metrics["distilled"]) == expected_names(result.metrics["distilled"], METRIC_NAMES)
+    result = run_recipe(
+        RECIPE, RunConfig(device="cpu", student_family="gpt2", **tiny_run), teacher_recipe=QUICK_RECIPE
+    )
+    assert set(result.metrics["distilled"]) == expected_names(
+        result.metrics["distilled"], reported_metrics(suite=True)
+    )
     assert result.config["run"]["student_family"] == "gpt2"
     llama = run_recipe(RECIPE, RunConfig(device="cpu", **tiny_run), teacher_recipe=QUICK_RECIPE)
     assert result.config["student"]["id"] != llama.config["student"]["id"]  # separate baseline caches
@@ -222,4 +249,8 @@ def test_a_student_built_from_the_teacher_has_no_other_family(cache: Path, tiny_
     from kdatlas.runner import build_recipe
 
     with pytest.raises(ValueError, match="--student-family does not apply"):
-        run_recipe(build_recipe("minima", {}), RunConfig(device="cpu", student_family="gpt2", **tiny_run), teacher_recipe=QUICK_RECIPE)
+        run_recipe(
+            build_recipe("minima", {}),
+            RunConfig(device="cpu", student_family="gpt2", **tiny_run),
+            teacher_recipe=QUICK_RECIPE,
+        )

@@ -17,7 +17,8 @@ from reference_impls.core.data_sources import DatasetResponses
 from reference_impls.core.logits_loss import WordLevelObjective
 from reference_impls.losses import todi
 from reference_impls.registry import registered_methods
-from reference_impls.run import METRIC_NAMES, RunConfig, run_recipe
+from reference_impls.run import RunConfig, run_recipe
+from reference_impls.run.scoring import reported_metrics
 from reference_impls.teachers.embedded import QUICK_RECIPE
 from reference_impls.white_box.logits import word_level
 from tests.losses.test_todi import make_inputs
@@ -97,7 +98,7 @@ def test_recipe_runs_end_to_end(cache: Path, tiny_run: dict[str, Any]) -> None:
     result = run_recipe(recipe, RunConfig(device="cpu", **tiny_run), teacher_recipe=QUICK_RECIPE)
     assert set(result.metrics) == {"teacher", "baseline", "distilled"}
     for role, metrics in result.metrics.items():
-        assert set(metrics) == expected_names(metrics, METRIC_NAMES), role
+        assert set(metrics) == expected_names(metrics, reported_metrics(suite=True)), role
     assert len(result.curves["distilled"]) == tiny_run["steps"]
     assert all(math.isfinite(loss) for loss in result.curves["distilled"])
     assert result.config["hyperparameters"] == {"temperature": 2.0}
