@@ -31,6 +31,8 @@ from kdatlas.site.indexes import (
 from kdatlas.site.leaderboard import (
     BOARD_FILE,
     FAMILY_BOARD_FILE,
+    HEADLINE_BOARD_FILE,
+    HEADLINE_COMMAND,
     LEADERBOARD_PAGE,
     load_board,
     render_leaderboard_page,
@@ -141,6 +143,9 @@ def load_site(
     family_board, family_problem = load_board(root, FAMILY_BOARD_FILE)
     if family_problem:
         problems.append(Problem(root / FAMILY_BOARD_FILE, 1, family_problem, "run `kdatlas bench --student-family gpt2` again"))
+    headline_board, headline_problem = load_board(root, HEADLINE_BOARD_FILE)
+    if headline_problem:
+        problems.append(Problem(root / HEADLINE_BOARD_FILE, 1, headline_problem, f"run `{HEADLINE_COMMAND}` again"))
     claim_results, claims_problem = load_claim_results(root)
     if claims_problem:
         problems.append(Problem(root / CLAIMS_RESULTS, 1, claims_problem, "run `kdatlas claims --run` again"))
@@ -152,6 +157,7 @@ def load_site(
             problems.append(Problem(root / CLAIMS_DEFINITIONS, 1, str(error), "fix the claims file"))
     site = Site(report.taxonomy, report.bibliography, repo_url, repo_branch, board=board)
     site.claims, site.claim_results, site.family_board = claims, claim_results, family_board
+    site.headline_board = headline_board
     site.conventions, site.guards, convention_problems = load_conventions(root)
     site.parity, parity_problem = load_parity(root)
     if parity_problem:
@@ -227,6 +233,7 @@ def generate_pages(
             site.board,
             entry_href=lambda entry_id: relative_link(LEADERBOARD_PAGE, entry_page(entry_id)),
             family_board=site.family_board,
+            headline_board=site.headline_board,
         ),
     )
     emit(CLAIMS_PAGE, render_claims_page(site.claim_results, site.claims, cite=site.short_citation))

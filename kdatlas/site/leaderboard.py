@@ -14,13 +14,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from kdatlas.leaderboard import format_interval
+from kdatlas.leaderboard import better_direction, format_interval, pairwise_wins
 from kdatlas.site.render import render
 
 BOARD_FILE = Path("benchmarks") / "results" / "leaderboard.json"
 # The same board with the GPT-2-style student (`kdatlas bench --student-family gpt2`).
 FAMILY_BOARD_FILE = Path("benchmarks") / "results" / "leaderboard_gpt2.json"
 FAMILY_METRICS = ("exact_match", "oracle_kl", "ood_rouge_l")
+# The classic methods of each branch over five seeds (`kdatlas bench --seeds 5 --methods ...`).
+HEADLINE_BOARD_FILE = Path("benchmarks") / "results" / "leaderboard_headline.json"
+HEADLINE_COMMAND = (
+    "kdatlas bench --seeds 5 --methods vanilla-kd,forward-kl,reverse-kl,seqkd,gkd,distillm,alpaca,vicuna "
+    "--out benchmarks/results/leaderboard_headline.json"
+)
 LEADERBOARD_PAGE = "leaderboard.md"
 # The metrics each suite's headline table shows and each method page lists (the board holds
 # every metric the runs report): the task metric, the golden metric, the proxy, robustness.
@@ -156,11 +162,44 @@ def family_rows(board: dict[str, Any] | None, family_board: dict[str, Any] | Non
     return rows
 
 
+def pairwise_rows(rows: list[dict[str, Any]], metric: str, entry_href: Callable[[str], str]) -> list[dict[str, Any]]:
+    """The methods of one suite, best mean first, each with the methods it beats and is beaten by."""
+    wins = pairwise_wins(rows, metric)
+    if len(wins) < 3:
+        return []
+    sign = -1 if better_direction(metric) == "higher" else 1
+    ranked = sorted((r for r in rows if r["method_id"] in wins), key=lambda r: sign * (_mean(r, metric) or 0.0))
+    return [
+        {
+            "id": r["method_id"],
+            "href": entry_href(r["method_id"]),
+            "mean": format_interval(r["metrics"][metric]["distilled_interval"]),
+            "beats": wins[r["method_id"]],
+            "beaten_by": [other for other, beaten in wins.items() if r["method_id"] in beaten],
+        }
+        for r in ranked
+    ]
+
+
+def headline_board_rows(headline_board: dict[str, Any] | None, entry_href: Callable[[str], str]) -> list[dict[str, Any]]:
+    """The five-seed board's rows, by suite, for the task and golden metrics."""
+    rows = sorted((headline_board or {}).get("rows", []), key=lambda r: (r["evaluation"], -(_mean(r, "exact_match") or 0.0)))
+    return [
+        {"id": r["method_id"], "href": entry_href(r["method_id"]), "suite": r["evaluation"], "seeds": len(r["seeds"]),
+         "cells": {m: _cell(r, m) for m in DEFAULT_SHOWN}}
+        for r in rows
+    ]  # fmt: skip
+
+
 def render_leaderboard_page(
-    board: dict[str, Any] | None, entry_href: Callable[[str], str], family_board: dict[str, Any] | None = None
+    board: dict[str, Any] | None,
+    entry_href: Callable[[str], str],
+    family_board: dict[str, Any] | None = None,
+    headline_board: dict[str, Any] | None = None,
 ) -> str:
-    """The leaderboard page: per suite a headline table (task, golden and proxy metrics, cost), a
-    robustness table and plots; rows sorted by the distilled student's exact match."""
+    """The leaderboard page: the five-seed headline board (when committed); per suite a table
+    (task, golden and proxy metrics, cost), a robustness table, plots and which methods beat which;
+    the model-family table."""
     suites: dict[str, list[dict[str, Any]]] = {}
     for row in (board or {}).get("rows", []):
         suites.setdefault(row["evaluation"], []).append(row)
@@ -173,6 +212,8 @@ def render_leaderboard_page(
             name: {v: sum(verdict(r["metrics"][name]) == v for r in rows if name in r["metrics"]) for v in MARKS}
             for name in headline + robustness
         }
+        # Which methods differ from each other: on the golden metric where the suite has one.
+        pairwise_metric = "oracle_kl" if "oracle_kl" in headline else headline[0]
         tables.append(
             {
                 "suite": suite,
@@ -189,9 +230,13 @@ def render_leaderboard_page(
                     for r in rows
                 ],
                 "plots": _plots(rows),
+                "pairwise_metric": pairwise_metric,
+                "pairwise": pairwise_rows(rows, pairwise_metric, entry_href),
             }
         )
     return render(
         "leaderboard.md.j2", board=board, tables=tables, labels=LABELS, board_file=BOARD_FILE.as_posix(),
         families=family_rows(board, family_board), family_metrics=FAMILY_METRICS, entry_href=entry_href,
+        headline_board=headline_board_rows(headline_board, entry_href), headline_board_metrics=DEFAULT_SHOWN,
+        headline_board_command=HEADLINE_COMMAND,
     )  # fmt: skip

@@ -90,6 +90,8 @@ class Site:
     board: dict[str, object] | None = None
     # The same board with the GPT-2-style student (benchmarks/results/leaderboard_gpt2.json).
     family_board: dict[str, object] | None = None
+    # The classic methods over five seeds (benchmarks/results/leaderboard_headline.json).
+    headline_board: dict[str, object] | None = None
     # The claims (benchmarks/claims.yaml) and their committed results, if there are any.
     claims: list[object] = field(default_factory=list)
     claim_results: dict[str, object] | None = None

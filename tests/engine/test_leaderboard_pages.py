@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from kdatlas.leaderboard import BOARD_VERSION, format_interval, summarise
+from kdatlas.leaderboard import BOARD_VERSION, format_interval, pairwise_wins, summarise
 from kdatlas.site.entry import render_entry
 from kdatlas.site.generate import load_site
 from kdatlas.site.leaderboard import BOARD_FILE, render_leaderboard_page, standing
@@ -123,3 +123,31 @@ def test_the_family_board_is_set_beside_the_default_one() -> None:
     assert "| [forward-kl](forward-kl) | llama | 0.300 ± 0.124 | 0.050 ± 0.000 ✓ |" in page
     assert "| | gpt2 | 0.220 ± 0.025 | 0.020 ± 0.025 | — | — |" in page  # no golden metric in these cells
     assert "## Model families" not in render_leaderboard_page(BOARD, entry_href=str)
+
+
+def _row(method_id: str, distilled: tuple[float, ...], seeds: tuple[int, ...] = (0, 1, 2)) -> dict:
+    return summarise(method_id, [_cell(method_id, s, 0.2, d) for s, d in zip(seeds, distilled, strict=True)])
+
+
+def test_pairwise_wins_pair_by_seed_and_follow_the_direction() -> None:
+    # b is 0.1 above a at every seed: separated although the seeds spread far more than 0.1;
+    # c crosses a (above at one seed, below at two): not separated from it.
+    rows = [_row("a", (0.1, 0.5, 0.3)), _row("b", (0.2, 0.6, 0.4)), _row("c", (0.3, 0.4, 0.25))]
+    assert pairwise_wins(rows, "exact_match") == {"a": [], "b": ["a"], "c": []}
+    assert pairwise_wins(rows, "token_kl_to_teacher") == {"a": [], "b": ["a"], "c": []}  # 2 − d: lower is better
+    # Only the seeds both ran are paired; one seed in common separates nothing.
+    partial = [_row("a", (0.1, 0.5, 0.3)), _row("d", (0.9, 0.1, 0.9), seeds=(2, 3, 4))]
+    assert pairwise_wins(partial, "exact_match") == {"a": [], "d": []}
+
+
+def test_the_page_says_which_methods_beat_which_and_shows_the_headline_board() -> None:
+    board = {**BOARD, "rows": [_row("a", (0.1, 0.5, 0.3)), _row("b", (0.2, 0.6, 0.4)), _row("c", (0.3, 0.4, 0.25))]}
+    page = render_leaderboard_page(board, entry_href=lambda entry_id: entry_id)
+    assert "### Which methods beat which" in page and "3 methods make 3\ncomparisons" in page
+    assert "| [b](b) | 0.400 ± 0.497 | a | — |" in page and "| [a](a) | 0.300 ± 0.497 | — | b |" in page
+    assert "Which methods beat which" not in render_leaderboard_page(BOARD, entry_href=str)  # two methods
+    five = {**BOARD, "seeds": [0, 1, 2, 3, 4], "rows": [_row("forward-kl", (0.3, 0.3, 0.3, 0.3, 0.3), seeds=(0, 1, 2, 3, 4))]}
+    headline = render_leaderboard_page(BOARD, entry_href=lambda entry_id: entry_id, headline_board=five)
+    assert "## Headline: the classic methods over five seeds" in headline
+    assert "| [forward-kl](forward-kl) | strings | 5 | 0.300 ± 0.000 | 0.100 ± 0.000 ✓ | — | — |" in headline
+    assert "## Headline" not in page
