@@ -201,7 +201,8 @@ class Evaluation:
     so that the baseline is not scored on a format it never saw. ``golden``: the evaluated
     response is the bare answer, so the suite's oracle distribution over answers is the right
     reference for the model's response distribution (not under the 'explain' system prompt,
-    where a rationale comes first).
+    where a rationale comes first). ``ood``: the same task on inputs longer than training has
+    (the survey's out-of-distribution robustness), where the suite has such a split.
     """
 
     examples: Callable[[int], list[Example]]
@@ -212,6 +213,7 @@ class Evaluation:
         lambda seeds, n, seed: _pairs(seeds)
     )
     golden: bool = True
+    ood: Callable[[int], list[Example]] | None = None
 
 
 def _under(system: str, example: Example) -> Example:
@@ -234,6 +236,7 @@ def _system_evaluation(system: str, description: str) -> Evaluation:
         description=description,
         baseline_data=seed_data,
         golden=system != suite.EXPLAIN,
+        ood=lambda n: [_under(system, e) for e in suite.make_instructions("ood", n)],
     )
 
 
@@ -251,6 +254,7 @@ EVALUATIONS: dict[str, Evaluation] = {
         lambda n: suite.make_instructions("test", n),
         by_group=lambda e: f"depth {suite.depth_of(e)}",
         description="held-out instructions, balanced over composition depths 1-3",
+        ood=lambda n: suite.make_instructions("ood", n),
     ),
     "conversations": Evaluation(
         lambda n: [suite.last_turn_example(c) for c in suite.make_conversations("test", n)],

@@ -131,12 +131,23 @@ class InstructionSuiteRun:
             checkpoints=make_checkpoints(config),
         )
         self.test = self.evaluation.examples(self.eval_size)
+        self.ood = self.evaluation.ood(self.eval_size) if self.evaluation.ood else []
 
     def _score(self, model: PreTrainedModel) -> dict[str, float]:
         predictions = student_answers(model, self.tokenizer, [e.prompt for e in self.test])
-        return score(predictions, self.test, self.evaluation) | self._golden_and_robustness(
-            model, self.tokenizer, [self.evaluation.read(p) for p in predictions]
+        ood_predictions = student_answers(model, self.tokenizer, [e.prompt for e in self.ood]) if self.ood else []
+        return (
+            score(predictions, self.test, self.evaluation)
+            | self._golden_and_robustness(model, self.tokenizer, [self.evaluation.read(p) for p in predictions])
+            | self._ood_scores(ood_predictions)
         )
+
+    def _ood_scores(self, predictions: list[str]) -> dict[str, float]:
+        """Exact match and ROUGE-L on the evaluation's OOD split (none where it has no such split)."""
+        if not self.ood:
+            return {}
+        scored = score(predictions, self.ood, self.evaluation)
+        return {"ood_exact_match": scored["exact_match"], "ood_rouge_l": scored["rouge_l"]}
 
     def _golden_and_robustness(self, model: PreTrainedModel, tokenizer: Any, answers: list[str]) -> dict[str, float]:
         """The KL from the suite's oracle where the evaluation is ``golden`` (its responses are
@@ -159,12 +170,17 @@ class InstructionSuiteRun:
     def score_teacher(self) -> dict[str, float]:
         if not self.is_main_process:
             return {}
+        pipeline_cost = dict(self.context.stats)  # scoring the teacher is not the pipeline's cost
         prompts = [e.prompt for e in self.test]
         answers = self.context.ask(prompts, tag="evaluation", stop=(suite.TURN_SEPARATOR,))
         metrics = score([c.text for c in answers], self.test, self.evaluation)
+        if self.ood:
+            ood_answers = self.context.ask([e.prompt for e in self.ood], tag="evaluation", stop=(suite.TURN_SEPARATOR,))
+            metrics |= self._ood_scores([c.text for c in ood_answers])
         if isinstance(self.teacher, LocalTeacher):  # an endpoint gives text, not the model's likelihoods
             read = [self.evaluation.read(c.text) for c in answers]
             metrics |= self._golden_and_robustness(self.teacher.model, self.teacher.tokenizer, read)
+        self.context.stats = pipeline_cost
         return metrics
 
     # 4. The baseline: the human-written seed data only, in the evaluated format.

@@ -10,7 +10,9 @@ every pipeline's filters can be checked against ground truth.
 applied left to right (``rev``, ``sort``, ``up``, ``dedup``), e.g. ``"rev up: abc ="`` →
 ``"CBA"``, or one of the suite's atomic tasks (``copy``, ``add``, ``count``, ``vowel``; depth 1).
 The composition depth is the difficulty axis: seeds are depth 1, the test split is balanced over
-depths 1-3. An instruction's *rationale* lists the intermediate results (``"cba;CBA"``).
+depths 1-3. The ``ood`` split asks the same instructions of longer inputs than training ever has
+(words of 7-8 letters, the base suite's OOD sizes for the atomic tasks). An instruction's
+*rationale* lists the intermediate results (``"cba;CBA"``).
 
 **Meta-tasks** (teacher prompts → teacher responses):
 
@@ -45,10 +47,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 from reference_impls.tasks.strings import _IN_DIST as _ATOMIC_SIZES  # the base suite's own sizes
+from reference_impls.tasks.strings import _OOD as _ATOMIC_OOD_SIZES
 from reference_impls.tasks.strings import ANSWER_MARK, TASKS, Example, add_rationale, count_rationale
 
 SUITE_VERSION = "instruct-v1"
-SPLITS = ("train", "test")
+SPLITS = ("train", "test", "ood")
 
 # Composable string operations, applied left to right.
 OPS = {
@@ -62,6 +65,7 @@ ATOMIC = ("copy", "add", "count", "vowel")
 KINDS = (*OPS, *ATOMIC)  # the depth-1 instruction kinds
 MAX_DEPTH = 3
 WORD_LENGTH = (3, 6)  # letters in a string operation's input
+OOD_WORD_LENGTH = (7, 8)  # the ood split: longer than any training input, within what parses
 
 # System prompts (Orca's explanation tuning): one asks for the steps, one for the answer only.
 EXPLAIN, BRIEF = "explain", "brief"
@@ -109,15 +113,18 @@ def random_ops(rng: random.Random, depth: int, *, include: str | None = None) ->
     return tuple(chosen)
 
 
-def random_instruction(rng: random.Random, *, depth: int | None = None, kind: str | None = None) -> Example:
+def random_instruction(
+    rng: random.Random, *, depth: int | None = None, kind: str | None = None, ood: bool = False
+) -> Example:
     """A random instruction with its answer: a composition of ``depth`` string operations
-    (``depth`` drawn from 1-3 when ``None``), or the atomic task ``kind``."""
+    (``depth`` drawn from 1-3 when ``None``), or the atomic task ``kind``; with ``ood``, of
+    inputs longer than the training distribution's."""
     if kind in ATOMIC:
-        arg, response, rationale, answers = TASKS[kind](rng, _ATOMIC_SIZES)
+        arg, response, rationale, answers = TASKS[kind](rng, _ATOMIC_OOD_SIZES if ood else _ATOMIC_SIZES)
         return _example((kind,), arg, response, rationale, answers)
     depth = depth or rng.randint(1, MAX_DEPTH)
     ops = random_ops(rng, depth, include=kind)
-    return make_example(Instruction(ops, random_word(rng)))
+    return make_example(Instruction(ops, random_word(rng, OOD_WORD_LENGTH if ood else WORD_LENGTH)))
 
 
 def make_example(instruction: Instruction) -> Example:
@@ -213,8 +220,8 @@ def make_instructions(
     """``n`` instructions of ``split`` with their answers.
 
     With ``balanced`` the stream cycles so that each depth in ``depths`` gets the same share,
-    and depth 1 is spread evenly over its eight kinds. Train and test never share a prompt.
-    Prefix-stable: ``make_instructions(s, 10)`` equals ``make_instructions(s, 100)[:10]``.
+    and depth 1 is spread evenly over its eight kinds. Train and test never share a prompt; the
+    ``ood`` split's inputs are longer than either's. Prefix-stable: ``make_instructions(s, 10)`` equals ``make_instructions(s, 100)[:10]``.
     """
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r} — choose one of {', '.join(SPLITS)}")
@@ -228,8 +235,8 @@ def make_instructions(
         kind = None
         if depth == 1:
             kind = KINDS[(slot // len(depths)) % len(KINDS)] if balanced else rng.choice(KINDS)
-        example = random_instruction(rng, depth=depth, kind=kind)
-        if in_test_bucket(example.prompt) != (split == "test"):
+        example = random_instruction(rng, depth=depth, kind=kind, ood=split == "ood")
+        if split != "ood" and in_test_bucket(example.prompt) != (split == "test"):
             continue
         examples.append(example)
     return examples

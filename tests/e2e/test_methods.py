@@ -69,6 +69,7 @@ def test_method_runs_end_to_end(method_id: str, tiny_run: dict[str, Any]) -> Non
 @pytest.mark.parametrize("method_id", PIPELINES)
 def test_pipeline_methods_run_end_to_end(method_id: str, tmp_path: Path) -> None:
     """Every black-box method's default pipeline, against the exact oracle teacher, a few steps."""
+    from reference_impls.black_box.pipeline import EVALUATIONS
     from reference_impls.run import RunConfig, run_recipe
     from tests.support.fakes import OracleTeacher
 
@@ -96,6 +97,12 @@ def test_pipeline_methods_run_end_to_end(method_id: str, tmp_path: Path) -> None
     assert set(result.metrics) == {"teacher", "baseline", "distilled"}
     assert result.metrics["teacher"]["exact_match"] == 1.0  # the oracle, scored exactly
     assert result.data and result.config["hyperparameters"] == dict(recipe.hyperparameters)
+    # Held-out instructions (plain or under a system prompt) also have the longer-input OOD split.
+    has_ood = EVALUATIONS[recipe.evaluation].ood is not None
+    assert has_ood == (recipe.evaluation in ("instructions", "explained", "brief"))
+    assert all(("ood_exact_match" in result.metrics[role]) == has_ood for role in result.metrics)
+    if has_ood:
+        assert result.metrics["teacher"]["ood_exact_match"] == 1.0
 
 
 def test_overrides_reach_the_recipe() -> None:
