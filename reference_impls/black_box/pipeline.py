@@ -261,12 +261,14 @@ EVALUATIONS: dict[str, Evaluation] = {
         by_group=lambda e: f"{e.label} turns",
         description="the last turn of held-out 2-3 turn conversations",
         baseline_data=_conversation_seed_data,
+        ood=lambda n: [suite.last_turn_example(c) for c in suite.make_conversations("ood", n)],
     ),
     "find": Evaluation(
         lambda n: suite.make_find_queries("test", n),
         by_group=lambda e: "negative queries" if e.response == suite.NO_ENTITY else "positive queries",
         description="typed entity queries over held-out passages, about half negative",
         baseline_data=_find_seed_data,
+        ood=lambda n: suite.make_find_queries("ood", n),
     ),
     "explained": _system_evaluation(
         suite.EXPLAIN,

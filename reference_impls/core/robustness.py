@@ -14,8 +14,8 @@ students: the *attack success rate* of adversarial inputs (AdvGLUE, ANLI) and F1
   scored by exact match and character ROUGE-L F1 (the survey's F1 on single-word answers).
 
 The instruction suite's plain-format evaluations (held-out instructions, typed queries) get the
-same attack (its prompts have the same ``"<task>: <input> ="`` shape); its held-out instructions
-also have an ``ood`` split (longer inputs), scored in `reference_impls.run.instructions`.
+same attack (its prompts have the same ``"<task>: <input> ="`` shape); each of its evaluations
+also has an ``ood`` split (longer inputs), scored in `reference_impls.run.instructions`.
 """
 
 from __future__ import annotations

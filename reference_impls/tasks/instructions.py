@@ -11,7 +11,8 @@ applied left to right (``rev``, ``sort``, ``up``, ``dedup``), e.g. ``"rev up: ab
 ``"CBA"``, or one of the suite's atomic tasks (``copy``, ``add``, ``count``, ``vowel``; depth 1).
 The composition depth is the difficulty axis: seeds are depth 1, the test split is balanced over
 depths 1-3. The ``ood`` split asks the same instructions of longer inputs than training ever has
-(words of 7-8 letters, the base suite's OOD sizes for the atomic tasks). An instruction's
+(words of 7-8 letters, the base suite's OOD sizes for the atomic tasks); conversations of such
+instructions and typed queries over longer passages have ``ood`` splits too. An instruction's
 *rationale* lists the intermediate results (``"cba;CBA"``).
 
 **Meta-tasks** (teacher prompts → teacher responses):
@@ -76,6 +77,7 @@ TURN_SEPARATOR = "\n"  # between the turns of a conversation, and after a system
 ENTITY_TYPES = ("digit", "vowel", "upper")
 NO_ENTITY = "none"
 PASSAGE_LENGTH = (5, 8)
+OOD_PASSAGE_LENGTH = (10, 12)  # the ood split of typed queries
 
 JUDGE_YES, JUDGE_NO = "yes", "no"
 _TEST_BUCKETS = 5
@@ -306,7 +308,7 @@ def find_prompt(entity_type: str, passage: str) -> str:
 # --------------------------------------------------------------------------- annotation task
 
 
-def random_passage(rng: random.Random) -> str:
+def random_passage(rng: random.Random, length: tuple[int, int] = PASSAGE_LENGTH) -> str:
     """Letters and digits; each entity type present with probability about one half."""
     present = {t for t in ENTITY_TYPES if rng.random() < 0.55}
     pools = {
@@ -315,7 +317,7 @@ def random_passage(rng: random.Random) -> str:
         "upper": string.ascii_uppercase,
     }
     filler = "".join(c for c in string.ascii_lowercase if c not in "aeiou")
-    chars = [rng.choice(filler) for _ in range(rng.randint(*PASSAGE_LENGTH))]
+    chars = [rng.choice(filler) for _ in range(rng.randint(*length))]
     for entity_type in sorted(present):
         for _ in range(rng.randint(1, 2)):
             chars[rng.randrange(len(chars))] = rng.choice(pools[entity_type])
@@ -361,13 +363,17 @@ def find_example(entity_type: str, passage: str) -> Example:
 
 
 def make_find_queries(split: str, n: int, *, seed: int = 0) -> list[Example]:
-    """Typed queries over fresh passages, every type in turn, about half of them negative."""
+    """Typed queries over fresh passages, every type in turn, about half of them negative (the
+    ``ood`` split: over passages longer than any in training)."""
     rng = split_rng(f"find-{split}", seed)
     queries: list[Example] = []
     while len(queries) < n:
-        passage = random_passage(rng)
-        if in_test_bucket(passage) != (split == "test"):
-            continue
+        if split == "ood":
+            passage = random_passage(rng, OOD_PASSAGE_LENGTH)
+        else:
+            passage = random_passage(rng)
+            if in_test_bucket(passage) != (split == "test"):
+                continue
         queries.append(find_example(ENTITY_TYPES[len(queries) % len(ENTITY_TYPES)], passage))
     return queries
 
@@ -387,12 +393,14 @@ class Conversation:
 def make_conversations(
     split: str, n: int, *, seed: int = 0, turns: tuple[int, int] = (2, 3)
 ) -> list[Conversation]:
-    """``n`` conversations of 2-3 turns of instructions with their reference answers."""
+    """``n`` conversations of 2-3 turns of instructions with their reference answers (the ``ood``
+    split: of instructions with longer inputs than training has)."""
     rng = split_rng(f"chat-{split}", seed)
+    ood = split == "ood"
     conversations: list[Conversation] = []
     while len(conversations) < n:
-        examples = [random_instruction(rng, depth=rng.randint(1, 2)) for _ in range(rng.randint(*turns))]
-        if in_test_bucket(examples[-1].prompt) != (split == "test"):
+        examples = [random_instruction(rng, depth=rng.randint(1, 2), ood=ood) for _ in range(rng.randint(*turns))]
+        if not ood and in_test_bucket(examples[-1].prompt) != (split == "test"):
             continue
         conversations.append(
             Conversation(tuple((e.prompt, e.response) for e in examples), tuple(e.answers for e in examples))
