@@ -151,6 +151,15 @@ def _plots(rows: list[dict[str, Any]]) -> list[str]:
     return figures
 
 
+def config_differences(board: dict[str, Any] | None, other: dict[str, Any] | None, *, allowed: tuple[str, ...]) -> list[str]:
+    """The run settings in which ``other`` differs from ``board``, beyond ``allowed`` ones: a
+    board set beside another is comparable only when these are none."""
+    if not board or not other:
+        return []
+    mine, theirs = board.get("config", {}), other.get("config", {})
+    return sorted(k for k in mine.keys() | theirs.keys() if k not in allowed and mine.get(k) != theirs.get(k))
+
+
 def family_rows(board: dict[str, Any] | None, family_board: dict[str, Any] | None) -> list[dict[str, Any]]:
     """Per method of the GPT-2 board: its cells beside the Llama board's, for `FAMILY_METRICS`."""
     llama = {r["method_id"]: r for r in (board or {}).get("rows", [])}
@@ -234,8 +243,12 @@ def render_leaderboard_page(
                 "pairwise": pairwise_rows(rows, pairwise_metric, entry_href),
             }
         )
+    # A board made with other settings (an older default) is not set beside this one.
+    family_stale = config_differences(board, family_board, allowed=("student_family",))
+    headline_stale = config_differences(board, headline_board, allowed=())
     return render(
         "leaderboard.md.j2", board=board, tables=tables, labels=LABELS, board_file=BOARD_FILE.as_posix(),
+        family_stale=family_stale, headline_stale=headline_stale,
         families=family_rows(board, family_board), family_metrics=FAMILY_METRICS, entry_href=entry_href,
         headline_board=headline_board_rows(headline_board, entry_href), headline_board_metrics=DEFAULT_SHOWN,
         headline_board_command=HEADLINE_COMMAND,

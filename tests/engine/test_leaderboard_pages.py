@@ -151,3 +151,13 @@ def test_the_page_says_which_methods_beat_which_and_shows_the_headline_board() -
     assert "## Headline: the classic methods over five seeds" in headline
     assert "| [forward-kl](forward-kl) | strings | 5 | 0.300 ± 0.000 | 0.100 ± 0.000 ✓ | — | — |" in headline
     assert "## Headline" not in page
+
+
+def test_a_board_made_with_other_settings_is_not_set_beside_this_one() -> None:
+    gpt2 = {**BOARD, "config": {"train_size": 1000}, "rows": BOARD["rows"][:1]}
+    page = render_leaderboard_page({**BOARD, "config": {"train_size": 300}}, entry_href=str, family_board=gpt2, headline_board=gpt2)
+    assert "made with other settings\n(train_size) than this board" in page
+    assert "| | gpt2 |" not in page and "## Headline" not in page
+    same = render_leaderboard_page({**BOARD, "config": {"train_size": 1000, "student_family": "llama"}}, entry_href=str,
+                                   family_board={**gpt2, "config": {"train_size": 1000, "student_family": "gpt2"}})  # fmt: skip
+    assert "| | gpt2 |" in same
