@@ -124,6 +124,10 @@ def build_encoder_config(tokenizer: PreTrainedTokenizerBase, *, num_labels: int,
         max_position_embeddings=MAX_POSITIONS,
         pad_token_id=tokenizer.pad_token_id,
         num_labels=num_labels,
+        # No dropout, as in the decoders: the hint losses read attention maps, which transformers
+        # returns after attention dropout in train mode (their rows would no longer sum to 1).
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
         attn_implementation="eager",
     )
 

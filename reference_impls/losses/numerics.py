@@ -104,11 +104,19 @@ def reduce_positions(
     reduction: Reduction,
     num_items_in_batch: int | Tensor | None,
 ) -> Tensor:
+    valid = torch.ones_like(per_position, dtype=torch.bool) if labels is None else labels != IGNORE_INDEX
+    return reduce_valid(per_position, valid, reduction, num_items_in_batch)
+
+
+def reduce_valid(
+    per_position: Tensor, valid: Tensor, reduction: Reduction, num_items_in_batch: int | Tensor | None = None
+) -> Tensor:
+    """The one reduction: zero the positions ``valid`` drops, then ``"none"`` (those values),
+    ``"sum"``, or ``"mean"`` over the valid positions (over ``num_items_in_batch`` when given)."""
     if reduction not in ("mean", "sum", "none"):
         raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
     if num_items_in_batch is not None and reduction != "mean":
         raise ValueError(f"num_items_in_batch replaces the 'mean' denominator; got reduction={reduction!r}")
-    valid = torch.ones_like(per_position, dtype=torch.bool) if labels is None else labels != IGNORE_INDEX
     per_position = torch.where(valid, per_position, 0.0)
     if reduction == "none":
         return per_position
