@@ -36,6 +36,7 @@ LOWER_IS_BETTER = (
     "token_tvd_to_teacher",
     "oracle_kl",
     "attack_success_rate",
+    "class_kl_to_teacher",
 )
 REPO = Path(__file__).resolve().parents[1]
 # Code every cell depends on, whatever its method (each method adds its own module).
@@ -250,6 +251,30 @@ def build_board(
         "cells_reused": reused,
         "rows": rows,
     }
+
+
+def merge_boards(existing: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+    """``existing`` with the rows of ``new`` added or replaced (``kdatlas bench --merge``): a method
+    added later joins the committed board without every other cell being run again.
+
+    Raises:
+        ValueError: The boards were made with other seeds or settings (their rows would not be
+            comparable): rerun the whole board instead.
+    """
+    def as_json(value: Any) -> Any:  # a fresh board holds tuples where a read one holds lists
+        return json.loads(json.dumps(value))
+
+    mine, theirs = as_json({k: existing.get(k) for k in ("seeds", "config")}), as_json({k: new.get(k) for k in ("seeds", "config")})
+    differ = ["seeds"] if mine["seeds"] != theirs["seeds"] else []
+    differ += sorted(k for k in mine["config"].keys() | theirs["config"].keys() if mine["config"].get(k) != theirs["config"].get(k))
+    if differ:
+        raise ValueError(
+            f"the committed board was made with other settings ({', '.join(differ)}): its rows and the new "
+            "ones would not be comparable; run the whole board without --merge"
+        )
+    rows = {row["method_id"]: row for row in existing["rows"]} | {row["method_id"]: row for row in new["rows"]}
+    return {**existing, "cells_reused": existing.get("cells_reused", 0) + new["cells_reused"],
+            "rows": [rows[method] for method in sorted(rows)]}  # fmt: skip
 
 
 def write_board(board: dict[str, Any], path: Path) -> None:

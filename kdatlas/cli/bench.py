@@ -39,10 +39,13 @@ def bench(
     device: Annotated[str, typer.Option(help="cpu, cuda or auto.")] = "cpu",
     quick: Annotated[bool, typer.Option(help="The CI subset: forward-kl and alpaca, 2 seeds, tiny budgets.")] = False,
     out: Annotated[Path, typer.Option(help="Where the board's JSON goes.")] = BOARD,
+    merge: Annotated[
+        bool, typer.Option(help="Add or replace these methods' rows in the board at --out, keeping the others.")
+    ] = False,
     progress: Annotated[bool, typer.Option(help="Show progress.")] = True,
 ) -> None:
     """Run every (method, seed) cell of the leaderboard, reusing cached cells, and write its JSON."""
-    from kdatlas.leaderboard import build_board, write_board
+    from kdatlas.leaderboard import build_board, merge_boards, read_board, write_board
     from kdatlas.runner import RunError, build_recipe
     from reference_impls.core.models import STUDENT_FAMILIES
     from reference_impls.core.recipe import RunConfig
@@ -69,12 +72,20 @@ def bench(
         student_family=student_family,
         teacher=teacher, student=student, data=data, eval_data=tuple(eval_data or ()),
     )  # fmt: skip
+    existing = None
+    if merge and out.exists():
+        try:
+            existing = read_board(out)
+        except ValueError as error:
+            raise fail(str(error)) from None
     try:
         board = build_board(chosen, range(seeds), config, progress=progress)
-    except RunError as error:
+        if existing is not None:
+            board = merge_boards(existing, board)
+    except (RunError, ValueError) as error:
         raise fail(str(error)) from None
     write_board(board, out)
-    console.print(f"{len(board['rows'])} methods × {seeds} seeds ({board['cells_reused']} cells from the cache) → {out}")
+    console.print(f"{len(board['rows'])} methods{' (merged)' if existing else ''} × {seeds} seeds ({board['cells_reused']} cells from the cache) → {out}")
 
 
 def leaderboard(

@@ -33,10 +33,31 @@ LEADERBOARD_PAGE = "leaderboard.md"
 SHOWN = {
     "strings": ("exact_match", "oracle_kl", "token_kl_to_teacher", "attack_success_rate", "ood_exact_match"),
     "instructions": ("exact_match", "oracle_kl", "attack_success_rate"),
+    "classification": ("accuracy", "class_kl_to_teacher", "teacher_agreement", "ood_accuracy"),
 }
 DEFAULT_SHOWN = ("exact_match", "oracle_kl")
-HEADLINE = ("exact_match", "oracle_kl", "token_kl_to_teacher")
-ROBUSTNESS = ("attack_success_rate", "ood_exact_match", "ood_rouge_l")
+HEADLINE = ("exact_match", "oracle_kl", "token_kl_to_teacher", "accuracy", "class_kl_to_teacher", "teacher_agreement")
+ROBUSTNESS = ("attack_success_rate", "ood_exact_match", "ood_rouge_l", "ood_accuracy")
+
+
+@dataclass(frozen=True)
+class SuiteMetrics:
+    """Which metric of a suite is its task metric, its golden one (closeness to the truth) and
+    its proxy (closeness to the teacher), for the tables and plots."""
+
+    task: str
+    golden: str
+    proxy: str
+    golden_label: str
+    proxy_label: str
+
+
+GENERATIVE = SuiteMetrics("exact_match", "oracle_kl", "token_kl_to_teacher", "KL from the oracle (golden) ↓",
+                          "token KL to the teacher (proxy) ↓")  # fmt: skip
+# On the classification suite the labels are the generator's truth: accuracy is the golden metric.
+SUITE_METRICS = {"classification": SuiteMetrics("accuracy", "accuracy", "class_kl_to_teacher",
+                                                "accuracy against the true labels (golden) ↑",
+                                                "class KL to the teacher (proxy) ↓")}  # fmt: skip
 LABELS = {
     "exact_match": "exact match",
     "oracle_kl": "KL from the oracle (golden)",
@@ -44,6 +65,10 @@ LABELS = {
     "attack_success_rate": "attack success rate",
     "ood_exact_match": "OOD exact match",
     "ood_rouge_l": "OOD ROUGE-L",
+    "accuracy": "accuracy (golden)",
+    "class_kl_to_teacher": "class KL to the teacher (proxy)",
+    "teacher_agreement": "agreement with the teacher",
+    "ood_accuracy": "OOD accuracy",
 }
 MARKS = {"better": " ✓", "worse": " ✗", "not separated": ""}
 
@@ -123,31 +148,31 @@ def _mean(row: dict[str, Any], name: str, role: str = "distilled") -> float | No
     return None if interval is None else interval["mean"]
 
 
-def _plots(rows: list[dict[str, Any]]) -> list[str]:
+def _plots(rows: list[dict[str, Any]], m: SuiteMetrics) -> list[str]:
     """Proxy vs golden, the golden difference per method, and cost vs quality (SVG)."""
     from kdatlas.site.plots import Point, Span, intervals, scatter
 
     figures = []
-    both = [r for r in rows if _mean(r, "token_kl_to_teacher") is not None and _mean(r, "oracle_kl") is not None]
+    both = [r for r in rows if _mean(r, m.proxy) is not None and _mean(r, m.golden) is not None]
     if both:
-        points = [Point(_mean(r, "token_kl_to_teacher"), _mean(r, "oracle_kl"), r["method_id"]) for r in both]
+        points = [Point(_mean(r, m.proxy), _mean(r, m.golden), r["method_id"]) for r in both]
         baseline = both[0]
-        points.append(Point(_mean(baseline, "token_kl_to_teacher", "baseline"), _mean(baseline, "oracle_kl", "baseline"), "baseline", True))
-        figures.append(scatter(points, title="Proxy vs golden: closeness to the teacher against closeness to the oracle (means over seeds)",
-                               x_label="token KL to the teacher (proxy) ↓", y_label="KL from the oracle (golden) ↓"))  # fmt: skip
-    golden = [r for r in rows if "oracle_kl" in r["metrics"]]
+        points.append(Point(_mean(baseline, m.proxy, "baseline"), _mean(baseline, m.golden, "baseline"), "baseline", True))
+        figures.append(scatter(points, title="Proxy vs golden: closeness to the teacher against closeness to the truth (means over seeds)",
+                               x_label=m.proxy_label, y_label=m.golden_label))  # fmt: skip
+    golden = [r for r in rows if m.golden in r["metrics"]]
     if golden:
         spans = []
-        for r in sorted(golden, key=lambda r: r["metrics"]["oracle_kl"]["distilled_minus_baseline"]["mean"]):
-            d = r["metrics"]["oracle_kl"]["distilled_minus_baseline"]
-            spans.append(Span(r["method_id"], d["mean"], d["low"], d["high"], verdict(r["metrics"]["oracle_kl"]) == "better"))
+        for r in sorted(golden, key=lambda r: r["metrics"][m.golden]["distilled_minus_baseline"]["mean"]):
+            d = r["metrics"][m.golden]["distilled_minus_baseline"]
+            spans.append(Span(r["method_id"], d["mean"], d["low"], d["high"], verdict(r["metrics"][m.golden]) == "better"))
         figures.append(intervals(spans, title="Golden metric, distilled − baseline per method (95% interval, paired by seed)",
-                                 x_label="Δ KL from the oracle (below 0: closer to the truth than the baseline)"))  # fmt: skip
-    costed = [r for r in rows if _mean(r, "exact_match") is not None]
+                                 x_label=f"Δ {m.golden_label}"))  # fmt: skip
+    costed = [r for r in rows if _mean(r, m.task) is not None]
     if costed:
-        points = [Point(r["cost"]["seconds"], _mean(r, "exact_match"), r["method_id"]) for r in costed]
-        figures.append(scatter(points, title="Cost vs quality: wall seconds of a cell against the distilled student's exact match",
-                               x_label="seconds per cell (teacher, baseline and distilled student)", y_label="exact match ↑"))  # fmt: skip
+        points = [Point(r["cost"]["seconds"], _mean(r, m.task), r["method_id"]) for r in costed]
+        figures.append(scatter(points, title=f"Cost vs quality: wall seconds of a cell against the distilled student's {LABELS[m.task]}",
+                               x_label="seconds per cell (teacher, baseline and distilled student)", y_label=f"{LABELS[m.task]} ↑"))  # fmt: skip
     return figures
 
 
@@ -214,7 +239,8 @@ def render_leaderboard_page(
         suites.setdefault(row["evaluation"], []).append(row)
     tables = []
     for suite, rows in sorted(suites.items()):
-        rows = sorted(rows, key=lambda r: -(_mean(r, "exact_match") or 0.0))
+        metrics = SUITE_METRICS.get(suite, GENERATIVE)
+        rows = sorted(rows, key=lambda r: -(_mean(r, metrics.task) or 0.0))
         headline = [m for m in HEADLINE if any(m in r["metrics"] for r in rows)]
         robustness = [m for m in ROBUSTNESS if any(m in r["metrics"] for r in rows)]
         counts = {
@@ -222,7 +248,7 @@ def render_leaderboard_page(
             for name in headline + robustness
         }
         # Which methods differ from each other: on the golden metric where the suite has one.
-        pairwise_metric = "oracle_kl" if "oracle_kl" in headline else headline[0]
+        pairwise_metric = metrics.golden if metrics.golden in headline else headline[0]
         tables.append(
             {
                 "suite": suite,
@@ -238,7 +264,7 @@ def render_leaderboard_page(
                     }
                     for r in rows
                 ],
-                "plots": _plots(rows),
+                "plots": _plots(rows, metrics),
                 "pairwise_metric": pairwise_metric,
                 "pairwise": pairwise_rows(rows, pairwise_metric, entry_href),
             }

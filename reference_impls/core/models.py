@@ -112,9 +112,10 @@ def build_encoder_config(tokenizer: PreTrainedTokenizerBase, *, num_labels: int,
     Args:
         tokenizer: The tokenizer whose vocabulary the encoder embeds.
         num_labels: Number of classes (``len(TASK_NAMES)`` for the task-id view).
-        teacher: 4 layers x 128 wide if True, else 2 layers x 64 wide.
+        teacher: 4 layers x 128 wide if True, else 2 layers x 64 wide; both with 4 heads, which
+            TinyBERT's and MiniLM's attention losses need (they pair heads one to one).
     """
-    layers, width, heads = (4, 128, 4) if teacher else (2, 64, 2)
+    layers, width, heads = (4, 128, 4) if teacher else (2, 64, 4)
     return BertConfig(
         vocab_size=len(tokenizer),
         hidden_size=width,

@@ -101,6 +101,20 @@ def build_pair_tokenizer(merges: Sequence[str] | None = None) -> PreTrainedToken
     return _wrap(Tokenizer(models.BPE(vocab=vocab, merges=[(m[0], m[1]) for m in merges], unk_token=UNK)))
 
 
+MASK = "<mask>"
+
+
+def build_encoder_tokenizer() -> PreTrainedTokenizerFast:
+    """The character tokenizer of the encoder (BERT-era) models: `build_tokenizer`'s vocabulary
+    plus ``<mask>`` (id 100) for masked-LM training. ``<bos>`` serves as [CLS], ``<eos>`` as [SEP]."""
+    vocab = {token: index for index, token in enumerate([*SPECIAL_TOKENS, *CHARACTERS, MASK])}
+    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token=UNK))
+    backend.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
+    tokenizer = _wrap(backend)
+    tokenizer.add_special_tokens({"mask_token": MASK, "cls_token": BOS, "sep_token": EOS})
+    return tokenizer
+
+
 # Named tokenizers: "char" (teachers and same-vocabulary students), "pair" (cross-tokenizer students).
 TOKENIZERS: dict[str, Callable[[], PreTrainedTokenizerFast]] = {
     "char": build_tokenizer,

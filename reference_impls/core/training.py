@@ -58,6 +58,15 @@ class StepLoss(ABC):
     def prepare(self, student: torch.nn.Module, teacher: PreTrainedModel | None) -> None:  # noqa: B027
         """Called once before training (e.g. DSKD adds its projectors to the student). Default: nothing."""
 
+    def schedule(self, step: int, steps: int) -> None:  # noqa: B027
+        """Called before each optimizer step with its index (0-based) and the phase's total, for
+        losses whose terms change during training (TinyBERT's and MiniLM's stages). Stateless
+        on purpose: a resumed run passes the same indices. Default: nothing."""
+
+    def release(self, student: torch.nn.Module) -> None:  # noqa: B027
+        """Called once after training, before the student is saved: remove what `prepare` added
+        to it (projectors), so the checkpoint is the plain model. Default: nothing."""
+
     @abstractmethod
     def __call__(
         self, student: torch.nn.Module, teacher: PreTrainedModel | None, batch: dict[str, Any], vocab_size: int | None
@@ -316,7 +325,8 @@ def train_student(
     step_loss = loss if isinstance(loss, StepLoss) else None
     if step_loss is None:
         use_fused_path(loss, 0, 0, fused)  # fails early if fused=True cannot be honoured
-    output_size = unwrapped.get_output_embeddings().weight.shape[0]
+    # A step loss reads its own outputs (an encoder classifier has no output embeddings).
+    output_size = None if step_loss is not None else unwrapped.get_output_embeddings().weight.shape[0]
 
     if source is not None and sampler is None:
         raise ValueError(f"the data source '{source.name}' samples sequences: pass a sampler")
@@ -361,6 +371,8 @@ def train_student(
         if interval is not None and resumed is None:
             validate()  # the reference loss before training
         while len(curve) < steps:
+            if step_loss is not None:
+                step_loss.schedule(len(curve), steps)
             micro_batches = []
             for _ in range(gradient_accumulation):
                 batch = {key: value.to(device) for key, value in next(data).items()}

@@ -3,7 +3,8 @@ r"""Feature (hint) losses: distances between hidden states, attention maps and s
 The hint/feature branch of white-box KD matches what a teacher computes *inside*, not only its
 output distribution. The losses share one convention, the token losses' where it applies:
 
-* **Shapes.** Hidden states are ``[batch, seq, width]``; attention maps ``[batch, heads, seq, seq]``
+* **Shapes.** Hidden states are ``[batch, seq, width]`` (or any ``[..., width]`` without a mask,
+  e.g. ``[batch, width]`` for one position per sequence); attention maps ``[batch, heads, seq, seq]``
   (query rows, key columns). Student and teacher widths may differ only where a loss says so
   (`relation_kl`); elsewhere map the student first with a projector
   (`reference_impls.white_box.features.projector`).
@@ -37,12 +38,13 @@ def _pair(student: Tensor, teacher: Tensor) -> tuple[Tensor, Tensor]:
     return student.to(dtype), teacher.detach().to(dtype)
 
 
-def _valid_positions(mask: Tensor | None, batch: int, seq: int, device: torch.device) -> Tensor:
+def _valid_positions(mask: Tensor | None, per_position: Tensor) -> Tensor:
+    """The kept positions of a ``per_position`` tensor: all of them without a mask."""
     if mask is None:
-        return torch.ones(batch, seq, dtype=torch.bool, device=device)
-    if mask.shape != (batch, seq):
-        raise ValueError(f"mask shape {tuple(mask.shape)} must be [batch, seq] = {(batch, seq)}")
-    return mask.to(device) != 0
+        return torch.ones_like(per_position, dtype=torch.bool)
+    if mask.shape != per_position.shape:
+        raise ValueError(f"mask shape {tuple(mask.shape)} must be [batch, seq] = {tuple(per_position.shape)}")
+    return mask.to(per_position.device) != 0
 
 
 def _check_same_shape(kind: str, student: Tensor, teacher: Tensor, fix: str) -> None:
@@ -66,7 +68,7 @@ def hidden_mse(
     _check_same_shape("hidden states", student_hidden, teacher_hidden, WIDTH_FIX)
     student, teacher = _pair(student_hidden, teacher_hidden)
     per_position = (student - teacher).pow(2).mean(-1)
-    return reduce_valid(per_position, _valid_positions(mask, *per_position.shape, student.device), reduction)
+    return reduce_valid(per_position, _valid_positions(mask, per_position), reduction)
 
 
 def hidden_cosine(
@@ -80,7 +82,7 @@ def hidden_cosine(
     _check_same_shape("hidden states", student_hidden, teacher_hidden, WIDTH_FIX)
     student, teacher = _pair(student_hidden, teacher_hidden)
     per_position = 1.0 - torch.nn.functional.cosine_similarity(student, teacher, dim=-1, eps=1e-12)
-    return reduce_valid(per_position, _valid_positions(mask, *per_position.shape, student.device), reduction)
+    return reduce_valid(per_position, _valid_positions(mask, per_position), reduction)
 
 
 def normalized_distance(
@@ -92,7 +94,7 @@ def normalized_distance(
 
 def _map_entries(mask: Tensor | None, maps: Tensor) -> tuple[Tensor, Tensor]:
     """Kept query rows ``[batch, seq]`` and kept (query, key) entries ``[batch, 1, seq, seq]``."""
-    rows = _valid_positions(mask, maps.shape[0], maps.shape[-1], maps.device)
+    rows = _valid_positions(mask, maps[:, 0, :, 0])
     return rows, (rows[:, :, None] & rows[:, None, :])[:, None]
 
 
@@ -155,7 +157,7 @@ def self_relation_log_probs(states: Tensor, relation_heads: int, mask: Tensor | 
         )
     heads = upcast(states).reshape(batch, seq, relation_heads, width // relation_heads).transpose(1, 2)
     scores = heads @ heads.transpose(-1, -2) / math.sqrt(width // relation_heads)
-    keys = _valid_positions(mask, batch, seq, states.device)[:, None, None, :]
+    keys = _valid_positions(mask, states[..., 0])[:, None, None, :]
     log_probs = torch.log_softmax(scores.masked_fill(~keys, torch.finfo(scores.dtype).min), dim=-1)
     return torch.where(keys, log_probs, 0.0)
 
@@ -183,7 +185,7 @@ def relation_kl(
     student, teacher = _pair(student_states, teacher_states)
     log_q = self_relation_log_probs(student, relation_heads, mask)
     log_p = self_relation_log_probs(teacher, relation_heads, mask)
-    rows = _valid_positions(mask, *student.shape[:2], student.device)
+    rows = _valid_positions(mask, student[..., 0])
     terms = torch.where(rows[:, None, None, :], log_p.exp() * (log_p - log_q), 0.0)
     per_position = terms.sum(-1).mean(1)
     return reduce_valid(per_position, rows, reduction)

@@ -4,8 +4,9 @@
 both), the teacher scored, the baseline (the same student and budget without the method), the
 distilled student's data, the distilled student, its score, and the record. The steps are those
 of the recipe's evaluation suite (``EVALUATIONS``): on the string suite the student sees the
-teacher *model* (`reference_impls.run.strings`); on the instruction suite it sees only the
-teacher's *text* (`reference_impls.run.instructions`). Every method of a suite gets the same
+teacher *model* (`reference_impls.run.strings`); on the classification suite the encoder
+(BERT-era) student sees the encoder teacher model (`reference_impls.run.encoders`); on the
+instruction suite it sees only the teacher's *text* (`reference_impls.run.instructions`). Every method of a suite gets the same
 students, budget and held-out items, so their numbers are comparable.
 
 Above the method packages: nothing in ``white_box/`` or ``black_box/`` imports it.
@@ -25,17 +26,21 @@ import transformers
 from reference_impls.black_box.pipeline import EVALUATIONS as INSTRUCTION_EVALUATIONS
 from reference_impls.black_box.pipeline import TextPipeline
 from reference_impls.core.data_sources import DataSource
+from reference_impls.core.encoders import LabelledTexts
 from reference_impls.core.recipe import Recipe, RunConfig
 from reference_impls.core.sft import TrainingExample
+from reference_impls.run.encoders import EncoderSuiteRun
 from reference_impls.run.instructions import InstructionSuiteRun
 from reference_impls.run.scoring import METRIC_NAMES
 from reference_impls.run.setup import check_device
 from reference_impls.run.strings import StringSuiteRun
 from reference_impls.teachers.embedded import TeacherRecipe
+from reference_impls.teachers.encoder import EncoderTeacherRecipe
 from reference_impls.teachers.instruct import InstructTeacherRecipe
 
 EVALUATIONS: dict[str, str] = {
     "strings": "held-out examples of the string suite: exact match, ROUGE-L, distances to the teacher",
+    "classification": "held-out texts of the classification suite (encoders): accuracy, OOD accuracy, closeness to the teacher",
     **{name: evaluation.description for name, evaluation in INSTRUCTION_EVALUATIONS.items()},
 }
 __all__ = ["EVALUATIONS", "METRIC_NAMES", "RunConfig", "RunResult", "run_recipe"]
@@ -70,18 +75,22 @@ def _suite_run(recipe: Recipe, config: RunConfig, teacher_recipe: Any, teacher: 
     check_device(config)
     if recipe.evaluation not in EVALUATIONS:
         raise ValueError(f"unknown evaluation {recipe.evaluation!r} — choose one of {', '.join(EVALUATIONS)}")
-    strings = recipe.evaluation == "strings"
+    strings, encoders = recipe.evaluation == "strings", recipe.evaluation == "classification"
     suite, data_type, teacher_type = (
-        ("string suite", DataSource, TeacherRecipe) if strings else ("instruction suite", TextPipeline, InstructTeacherRecipe)
-    )
+        ("string suite", DataSource, TeacherRecipe) if strings
+        else ("classification suite", LabelledTexts, EncoderTeacherRecipe) if encoders
+        else ("instruction suite", TextPipeline, InstructTeacherRecipe)
+    )  # fmt: skip
     if not isinstance(recipe.data, data_type):
         raise ValueError(f"{recipe.method_id}: the {suite} trains on a {data_type.__name__}, not {recipe.data!r}")
     if teacher_recipe is not None and not isinstance(teacher_recipe, teacher_type):
         raise ValueError(f"the {suite}'s teacher is built from a {teacher_type.__name__}, got {teacher_recipe!r}")
+    if (strings or encoders) and teacher is not None:
+        raise ValueError("a ready text teacher applies to black-box pipelines only")
     if strings:
-        if teacher is not None:
-            raise ValueError("a ready text teacher applies to black-box pipelines only")
         return StringSuiteRun(recipe, config, teacher_recipe)
+    if encoders:
+        return EncoderSuiteRun(recipe, config, teacher_recipe)
     return InstructionSuiteRun(recipe, config, teacher_recipe, teacher)
 
 
@@ -94,7 +103,8 @@ def run_recipe(
         recipe: The method: students × data × loss × evaluation.
         config: Models, data, budget and device (default: the embedded setting).
         teacher_recipe: How the embedded teacher is trained (tests pass a few-step recipe): a
-            ``TeacherRecipe`` on the string suite, an ``InstructTeacherRecipe`` on the instruction suite.
+            ``TeacherRecipe`` on the string suite, an ``EncoderTeacherRecipe`` on the classification
+            suite, an ``InstructTeacherRecipe`` on the instruction suite.
         teacher: A ready `reference_impls.teachers.text.TextTeacher` instead of the one ``config``
             names (black-box pipelines).
 

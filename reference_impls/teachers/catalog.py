@@ -21,12 +21,18 @@ from typing import Any
 
 import torch
 from safetensors.torch import load_file
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from transformers import (
+    AutoModelForCausalLM,
+    AutoModelForMaskedLM,
+    AutoModelForSequenceClassification,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
 
 from reference_impls.core.generation import generate_responses
 from reference_impls.tasks import instructions as instruction_suite
 from reference_impls.tasks.strings import make_split
-from reference_impls.teachers import embedded, instruct
+from reference_impls.teachers import embedded, encoder, instruct
 
 Built = tuple[PreTrainedModel, PreTrainedTokenizerBase, dict[str, Any]]
 
@@ -40,7 +46,11 @@ class EmbeddedTeacher:
         summary: What it is for.
         cache_dir: Where the default recipe's entry is cached; its name is the entry key.
         build: ``(device, progress) -> (model, tokenizer, card)``: train from the recipe.
-        probe_prompts: Held-out prompts on which a rebuilt and the shipped teacher are compared.
+        probe_prompts: Held-out prompts (texts, for an encoder) on which a rebuilt and the
+            shipped teacher are compared.
+        auto_class: The transformers auto class that loads the entry.
+        probe: ``(model, tokenizer, prompts) -> outputs`` compared between the two: greedy
+            answers for a decoder, predicted labels or tokens for an encoder.
     """
 
     name: str
@@ -48,6 +58,8 @@ class EmbeddedTeacher:
     cache_dir: Callable[[], Path]
     build: Callable[[str, bool], Built]
     probe_prompts: Callable[[], list[str]]
+    auto_class: type = AutoModelForCausalLM
+    probe: Callable[[PreTrainedModel, PreTrainedTokenizerBase, list[str]], list[Any]] = generate_responses
 
     @property
     def key(self) -> str:
@@ -69,6 +81,23 @@ TEACHERS = {
         lambda device, progress: instruct.build_instruct_teacher(instruct.InstructTeacherRecipe(), device, progress),
         lambda: [e.prompt for e in instruction_suite.make_instructions("test", 200)],
     ),
+    **{
+        f"encoder-{kind}": EmbeddedTeacher(
+            f"encoder-{kind}",
+            summary,
+            lambda kind=kind: encoder.encoder_dirs()[kind],
+            lambda device, progress, kind=kind: encoder.build_encoder_teacher(
+                kind, encoder.EncoderTeacherRecipe(), device, progress
+            ),
+            encoder.probe_texts,
+            auto_class,
+            encoder.probe_outputs,
+        )
+        for kind, summary, auto_class in (
+            ("mlm", "the encoder methods' pre-trained teacher (masked LM), classification suite", AutoModelForMaskedLM),
+            ("classifier", "the encoder methods' fine-tuned teacher, classification suite", AutoModelForSequenceClassification),
+        )
+    },
 }
 
 
@@ -98,19 +127,25 @@ def stale_entries(root: Path = embedded.SHIPPED_ROOT) -> list[Path]:
 
 
 def compare(
-    rebuilt: Built, shipped_dir: Path, prompts: list[str], device: str = "cpu"
+    rebuilt: Built,
+    shipped_dir: Path,
+    prompts: list[str],
+    device: str = "cpu",
+    *,
+    auto_class: type = AutoModelForCausalLM,
+    probe: Callable[[PreTrainedModel, PreTrainedTokenizerBase, list[str]], list[Any]] = generate_responses,
 ) -> dict[str, Any]:
     """How a rebuilt teacher compares with the shipped entry ``shipped_dir``."""
     model, tokenizer, card = rebuilt
     shipped_card = read_card(shipped_dir)
     if shipped_card is None:
         return {"shipped": False, "rebuilt_card": card}
-    shipped_model, _ = embedded.load_entry(shipped_dir, device)
+    shipped_model, _ = embedded.load_entry(shipped_dir, device, auto_class)
     shipped_weights = load_file(shipped_dir / "model.safetensors")
     rebuilt_weights = {k: v.detach().cpu() for k, v in model.state_dict().items() if k in shipped_weights}
     largest = max(float((rebuilt_weights[k] - shipped_weights[k]).abs().max()) for k in rebuilt_weights)
-    ours = generate_responses(model.eval(), tokenizer, prompts)
-    theirs = generate_responses(shipped_model, tokenizer, prompts)
+    ours = probe(model.eval(), tokenizer, prompts)
+    theirs = probe(shipped_model, tokenizer, prompts)
     return {
         "shipped": True,
         "identical_weights": largest == 0.0,
@@ -140,7 +175,8 @@ def rebuild(
     """Train ``teacher`` from its recipe (in memory) and compare it with the shipped entry."""
     with torch.random.fork_rng(devices=[]):
         rebuilt = teacher.build(device, progress)
-    return rebuilt, compare(rebuilt, root / teacher.key, teacher.probe_prompts(), device)
+    prompts = teacher.probe_prompts()
+    return rebuilt, compare(rebuilt, root / teacher.key, prompts, device, auto_class=teacher.auto_class, probe=teacher.probe)
 
 
 def ship_cached(teacher: EmbeddedTeacher, root: Path = embedded.SHIPPED_ROOT) -> Path:
@@ -149,6 +185,6 @@ def ship_cached(teacher: EmbeddedTeacher, root: Path = embedded.SHIPPED_ROOT) ->
     card = read_card(entry)
     if card is None:
         raise ValueError(f"no cached '{teacher.name}' teacher at {entry}: run `kdatlas teachers build {teacher.name}`")
-    model, tokenizer = embedded.load_entry(entry, "cpu")
+    model, tokenizer = embedded.load_entry(entry, "cpu", teacher.auto_class)
     card = {k: v for k, v in card.items() if k not in ("weights_sha256", "built_with", "key")}
     return ship(teacher, (model, tokenizer, card), root)

@@ -159,6 +159,7 @@ def load_or_build(
     target: Path,
     device: str | torch.device,
     build: Callable[[], tuple[PreTrainedModel, PreTrainedTokenizerBase, dict[str, Any]]],
+    auto_class: type = AutoModelForCausalLM,
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """The one builder of every embedded teacher: the shipped entry of ``target``'s key if the
     package has one, else the cache entry ``target`` if it is complete, else ``build()`` (train;
@@ -174,11 +175,11 @@ def load_or_build(
     shipped = SHIPPED_ROOT / target.name
     if is_complete(shipped):
         check_weights(shipped)
-        return load_entry(shipped, device)
+        return load_entry(shipped, device, auto_class)
     if not is_complete(target):
         model, tokenizer, card = build()
         save_entry(target, model, tokenizer, {"key": target.name, **card})
-    return load_entry(target, device)
+    return load_entry(target, device, auto_class)
 
 
 def is_complete(target: Path) -> bool:
@@ -235,9 +236,12 @@ def save_entry(
         raise
 
 
-def load_entry(target: Path, device: str | torch.device) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """The model (eval mode, on ``device``) and tokenizer of a complete cache entry."""
+def load_entry(
+    target: Path, device: str | torch.device, auto_class: type = AutoModelForCausalLM
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """The model (eval mode, on ``device``) and tokenizer of a complete cache entry; ``auto_class``
+    for the encoder teachers (masked LM, sequence classifier)."""
     tokenizer = AutoTokenizer.from_pretrained(target)
     # The attention implementation is not saved with the config; eager is faster at this size.
-    model = AutoModelForCausalLM.from_pretrained(target, attn_implementation="eager").to(device).eval()
+    model = auto_class.from_pretrained(target, attn_implementation="eager").to(device).eval()
     return model, tokenizer

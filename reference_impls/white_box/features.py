@@ -10,6 +10,7 @@ reads both tuples directly.
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -17,6 +18,9 @@ from typing import Any
 
 from torch import Tensor, nn
 from transformers import PreTrainedModel
+
+from reference_impls.core.encoders import LabelCrossEntropy
+from reference_impls.core.training import StepLoss
 
 LAYER_MAPS = ("uniform", "skip", "last")
 
@@ -29,7 +33,8 @@ def layer_map(teacher_layers: int, student_layers: int, strategy: str = "uniform
     * ``skip`` (PKD-Skip): student layers ``1..M-1`` to every ``N/M``-th teacher layer; the last
       layer is left to the output loss, as in Patient KD (6 of 12: teacher layers 2, 4, 6, 8, 10).
     * ``last`` (PKD-Last): student layers ``1..M-1`` to the teacher's last ``M-1`` layers below its
-      top (6 of 12: teacher layers 7, 8, 9, 10, 11).
+      top (6 of 12: teacher layers 7, 8, 9, 10, 11) — our reading of the paper's "last k layers";
+      the authors' code we read sets only PKD-Skip's layers (``1,3,5,7,9``, 0-based).
     """
     if strategy not in LAYER_MAPS:
         raise ValueError(f"layer map must be one of {', '.join(LAYER_MAPS)}; got {strategy!r}")
@@ -125,13 +130,118 @@ def matched_states(
         yield student_index, student_states[student_index], teacher_states[teacher_index].detach()
 
 
+def attention_projections(layer: nn.Module) -> dict[str, nn.Module]:
+    """The query, key and value projections of one transformer block, for `capture_outputs`:
+    BERT (``attention.self.query``), Llama and most decoders (``self_attn.q_proj``)."""
+    for path, names in (
+        ("attention.self", ("query", "key", "value")),
+        ("self_attn", ("q_proj", "k_proj", "v_proj")),
+    ):
+        module = layer.get_submodule(path) if _has_submodule(layer, path) else None
+        if module is not None and all(hasattr(module, name) for name in names):
+            return {
+                role: getattr(module, name)
+                for role, name in zip(("query", "key", "value"), names, strict=True)
+            }
+    raise ValueError(
+        f"{type(layer).__name__} has no separate query/key/value projections that kdatlas knows "
+        "(GPT-2 fuses them in c_attn): pass the modules to hook to capture_outputs yourself"
+    )
+
+
+def _has_submodule(module: nn.Module, path: str) -> bool:
+    try:
+        module.get_submodule(path)
+    except AttributeError:
+        return False
+    return True
+
+
+def forward_with_projections(
+    model: PreTrainedModel, batch: Mapping[str, Tensor], layers: list[int], *, attentions: bool = False
+) -> tuple[Any, dict[int, dict[str, Tensor]]]:
+    """`forward_with_features` plus the query, key and value projections (``[batch, seq, width]``)
+    of the transformer blocks ``layers`` (0-based), read by hooks."""
+    blocks = transformer_layers(model)
+    hooked = {
+        f"{i}.{role}": module for i in layers for role, module in attention_projections(blocks[i]).items()
+    }
+    with capture_outputs(hooked) as captured:
+        outputs = forward_with_features(model, batch, attentions=attentions)
+    return outputs, {i: {role: captured[f"{i}.{role}"] for role in ("query", "key", "value")} for i in layers}
+
+
+def split_heads(states: Tensor, heads: int) -> Tensor:
+    """``[batch, seq, heads × d]`` → ``[batch, heads, seq, d]``."""
+    batch, seq, width = states.shape
+    return states.reshape(batch, seq, heads, width // heads).transpose(1, 2)
+
+
+def attention_scores(query: Tensor, key: Tensor, heads: int) -> Tensor:
+    r"""The pre-softmax scores $QK^\top/\sqrt{d}$ per head, ``[batch, heads, seq, seq]``, from the
+    projections (what TinyBERT's attention loss compares; padded keys are left to the loss's mask)."""
+    q, k = split_heads(query, heads), split_heads(key, heads)
+    return q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])
+
+
+PROJECTORS = "hint_projectors"  # the student's submodule that holds a hint loss's projectors
+
+
+class FeatureLoss(StepLoss):
+    """Base of the hint losses that learn projectors: they train with the student (attached as
+    its submodule ``hint_projectors``, so the optimiser and DDP see them) and are removed before
+    the student is saved, so the checkpoint is the plain model."""
+
+    projectors: nn.ModuleDict | None = None
+
+    def attach(self, student: nn.Module, projectors: Mapping[str, nn.Module]) -> None:
+        device = next(student.parameters()).device
+        self.projectors = nn.ModuleDict(dict(projectors)).to(device)
+        student.add_module(PROJECTORS, self.projectors)
+
+    def release(self, student: nn.Module) -> None:
+        student._modules.pop(PROJECTORS, None)
+
+
+class DistilThenFineTune(FeatureLoss):
+    """Task-agnostic feature distillation, then fine-tuning on the labels (MiniLM, MiniLMv2: the
+    student learns the teacher's self-attention on the texts, then the task from the labels).
+
+    The first ``distil_fraction`` of the steps run `distillation`; the rest plain cross-entropy
+    on the labels (`reference_impls.core.encoders.LabelCrossEntropy`).
+    """
+
+    distil_fraction: float = 0.5
+    distilling: bool = True
+
+    def schedule(self, step: int, steps: int) -> None:
+        self.distilling = step < round(self.distil_fraction * steps)
+
+    def distillation(self, student: nn.Module, teacher: nn.Module, batch: dict[str, Tensor]) -> Tensor:
+        raise NotImplementedError
+
+    def __call__(self, student: nn.Module, teacher: Any, batch: dict[str, Tensor], vocab_size: Any) -> Tensor:
+        if not self.distilling:
+            return LabelCrossEntropy()(student, None, batch, vocab_size)
+        if teacher is None:
+            raise ValueError(f"{type(self).__name__} needs the teacher model")
+        return self.distillation(student, teacher, batch)
+
+
 __all__ = [
     "LAYER_MAPS",
+    "PROJECTORS",
+    "DistilThenFineTune",
+    "FeatureLoss",
+    "attention_projections",
+    "attention_scores",
     "capture_outputs",
     "forward_with_features",
+    "forward_with_projections",
     "layer_map",
     "matched_states",
     "projector",
+    "split_heads",
     "transformer_layers",
     "uses_eager_attention",
 ]

@@ -83,3 +83,17 @@ def test_a_missing_or_stale_board_says_what_to_run(tmp_path: Path) -> None:
 def test_an_unknown_method_is_refused() -> None:
     result = runner.invoke(app, ["bench", "--methods", "forward-kl,nope", "--no-progress"])
     assert result.exit_code == 2 and "no implemented method nope" in " ".join(result.stderr.split())
+
+
+def test_merge_adds_and_replaces_rows_and_refuses_other_settings(quick_board: tuple[Path, dict]) -> None:
+    """`kdatlas bench --methods NEW --merge`: a method added later joins the committed board."""
+    _, board = quick_board
+    white, black = board["rows"]
+    added = {**board, "cells_reused": 2, "rows": [{**white, "method_id": "aaa-new"}, {**black, "cost": {"seconds": 1.0}}]}
+    merged = leaderboard.merge_boards(board, added)
+    assert [row["method_id"] for row in merged["rows"]] == ["aaa-new", "alpaca", "forward-kl"]
+    assert next(r for r in merged["rows"] if r["method_id"] == "alpaca")["cost"] == {"seconds": 1.0}
+    assert merged["rows"][2] == white and merged["cells_reused"] == board["cells_reused"] + 2
+    other = {**added, "config": {**board["config"], "steps": 999}}
+    with pytest.raises(ValueError, match=r"other settings \(steps\).*without --merge"):
+        leaderboard.merge_boards(board, other)

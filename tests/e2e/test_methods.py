@@ -19,8 +19,10 @@ from kdatlas.runner import RunError, build_recipe, run_method
 from kdatlas.taxonomy import load_taxonomy
 from reference_impls.registry import registered_methods
 from reference_impls.run import RunConfig, run_recipe
+from reference_impls.run.encoders import CLASSIFICATION_METRICS
 from reference_impls.run.scoring import SUITE_METRICS, reported_metrics
 from reference_impls.teachers.embedded import QUICK_RECIPE
+from reference_impls.teachers.encoder import QUICK_ENCODER_RECIPE
 from tests.support.metrics import expected_names
 
 REPO = Path(__file__).resolve().parents[2]
@@ -31,7 +33,9 @@ IMPLEMENTED = sorted(registered_methods())
 PIPELINES = [
     m for m in IMPLEMENTED if registered_methods()[m].module.startswith("reference_impls.black_box.")
 ]
-WHITE_BOX = [m for m in IMPLEMENTED if m not in PIPELINES]
+# The encoder (BERT-era) methods run on the classification suite with the encoder teachers.
+ENCODERS = [m for m in IMPLEMENTED if m not in PIPELINES and build_recipe(m, {}).evaluation == "classification"]
+WHITE_BOX = [m for m in IMPLEMENTED if m not in PIPELINES and m not in ENCODERS]
 
 
 @pytest.fixture(autouse=True)
@@ -359,3 +363,57 @@ def test_method_runs_on_local_checkpoints(
     )
     assert {"exact_match", "rouge_l"} <= set(result.metrics["distilled"])
     assert all(math.isfinite(x) for x in result.curves["distilled"])
+
+
+@pytest.mark.parametrize("method_id", ENCODERS)
+def test_encoder_method_runs_end_to_end(method_id: str, tiny_run: dict[str, Any]) -> None:
+    """Every encoder method on the classification suite (a few-step encoder teacher): its three
+    rows scored, a finite curve, and a saved student without the projectors it trained with."""
+    recipe = build_recipe(method_id, {})
+    config = RunConfig(device="cpu", **{**tiny_run, "steps": 4})
+    result = run_recipe(recipe, config, teacher_recipe=QUICK_ENCODER_RECIPE)
+    assert all(set(result.metrics[role]) == set(CLASSIFICATION_METRICS) for role in ("teacher", "baseline", "distilled"))
+    assert result.metrics["teacher"]["teacher_agreement"] == 1.0
+    assert result.config["evaluation"]["name"] == "classification"  # the board files the row under its suite
+    assert len(result.curves["distilled"]) == 4 and all(math.isfinite(x) for x in result.curves["distilled"])
+    assert result.config["hyperparameters"] == registered_methods()[method_id].defaults()
+    assert "hint_projectors" not in dict(result.student.named_children())
+
+
+@pytest.fixture(scope="module")
+def local_encoders(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
+    """An encoder teacher and student saved with `save_pretrained`, as a user's checkpoints are."""
+    from transformers import AutoModelForSequenceClassification
+
+    from reference_impls.core.models import build_encoder_config
+    from reference_impls.tasks.strings import TASK_NAMES
+    from reference_impls.teachers.encoder import load_or_train_encoder_teachers
+
+    root = tmp_path_factory.mktemp("local-encoders")
+    _, teacher, tokenizer = load_or_train_encoder_teachers("cpu", progress=False, recipe=QUICK_ENCODER_RECIPE)
+    teacher.save_pretrained(root / "teacher")
+    tokenizer.save_pretrained(root / "teacher")
+    student = AutoModelForSequenceClassification.from_config(
+        build_encoder_config(tokenizer, num_labels=len(TASK_NAMES), teacher=False)
+    )
+    student.save_pretrained(root / "student")
+    return str(root / "teacher"), str(root / "student")
+
+
+@pytest.mark.parametrize("method_id", ENCODERS)
+def test_encoder_method_runs_on_local_checkpoints(
+    method_id: str, tiny_run: dict[str, Any], local_encoders: tuple[str, str]
+) -> None:
+    """The real-model path for the encoder methods: local sequence classifiers as teacher and student."""
+    teacher, student = local_encoders
+    result = run_recipe(build_recipe(method_id, {}), RunConfig(device="cpu", teacher=teacher, student=student, **tiny_run))
+    assert result.config["teacher"]["id"].startswith(teacher) and result.config["student"]["id"].startswith(student)
+    assert set(result.metrics["distilled"]) == set(CLASSIFICATION_METRICS)
+    assert all(math.isfinite(x) for x in result.curves["distilled"])
+
+
+def test_encoder_runs_refuse_options_that_do_not_apply(tiny_run: dict[str, Any]) -> None:
+    with pytest.raises(ValueError, match="--data does not apply"):
+        run_recipe(build_recipe("pkd", {}), RunConfig(device="cpu", data="x.jsonl", **tiny_run))
+    with pytest.raises(ValueError, match="EncoderTeacherRecipe"):
+        run_recipe(build_recipe("pkd", {}), RunConfig(device="cpu", **tiny_run), teacher_recipe=QUICK_RECIPE)

@@ -88,7 +88,7 @@ def test_a_recipe_without_a_shipped_entry_is_trained_and_cached(tmp_path: Path, 
     assert embedded.is_complete(embedded.teacher_dir(QUICK_RECIPE))
 
 
-def test_teachers_list_reports_both_shipped_teachers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_teachers_list_reports_every_shipped_teacher(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from typer.testing import CliRunner
 
     from kdatlas.cli import app
@@ -100,6 +100,8 @@ def test_teachers_list_reports_both_shipped_teachers(tmp_path: Path, monkeypatch
     assert {row["name"]: (row["shipped"], row["cached"]) for row in listed["teachers"]} == {
         "strings": (True, False),
         "instructions": (True, False),
+        "encoder-mlm": (True, False),
+        "encoder-classifier": (True, False),
     }
     assert listed["stale_shipped_entries"] == []
     assert listed["teachers"][0]["card"]["test_exact_match"] > 0.7

@@ -34,7 +34,8 @@ def _batch(tokenizer) -> dict[str, torch.Tensor]:
 
 
 def test_layer_maps_are_the_papers() -> None:
-    # Patient KD, 6-layer student of BERT-base: PKD-Skip {2,4,6,8,10}, PKD-Last {7,...,11}.
+    # Patient KD, 6-layer student of BERT-base: PKD-Skip {2,4,6,8,10} (the code's 0-based
+    # 1,3,5,7,9); PKD-Last, the last layers below the top, {7,...,11}.
     assert list(layer_map(12, 6, "skip").values()) == [2, 4, 6, 8, 10]
     assert list(layer_map(12, 6, "last").values()) == [7, 8, 9, 10, 11]
     # TinyBERT, 4 of 12: g(m) = 3m, the embeddings (index 0) included.
