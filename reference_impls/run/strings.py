@@ -360,8 +360,12 @@ class StringSuiteRun:
         return self._score(self.accelerator.unwrap_model(self.distilled))
 
     def distilled_student(self) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-        """The distilled student (unwrapped from any distributed wrapper) and its tokenizer."""
-        return self.accelerator.unwrap_model(self.distilled), self.student_tokenizer
+        """The distilled student (unwrapped from any distributed wrapper) and its tokenizer, without
+        what a step loss attached to it for training (DSKD's projectors)."""
+        student = self.accelerator.unwrap_model(self.distilled)
+        if isinstance(self.loss, StepLoss):
+            self.loss.release(student)
+        return student, self.student_tokenizer
 
     # 8. What the run config records.
     def describe(self) -> dict[str, Any]:

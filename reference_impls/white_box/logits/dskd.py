@@ -343,6 +343,10 @@ class DSKDStep(StepLoss):
         ).to(next(student.parameters()).device)
         student.add_module(PROJECTORS, self.projectors)
 
+    def release(self, student: torch.nn.Module) -> None:
+        """The projectors are training machinery: the saved student is the plain model."""
+        student._modules.pop(PROJECTORS, None)
+
     def __call__(
         self, model: torch.nn.Module, teacher: Any, batch: dict[str, Tensor], vocab_size: int | None
     ) -> Tensor:

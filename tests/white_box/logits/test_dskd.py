@@ -319,3 +319,14 @@ def test_step_trains_projectors_on_the_student_and_equals_dskd_loss() -> None:
     got.backward()
     assert projectors.t2s.weight.grad is not None and projectors.s2t.weight.grad.abs().sum() > 0
     assert all(p.grad is None for p in teacher.parameters())
+
+
+def test_a_dskd_run_saves_the_plain_student_without_its_projectors(tiny_run) -> None:
+    """The projectors train with the student (attached to it) and are dropped before it is saved:
+    the checkpoint loads with `from_pretrained` without unexpected keys."""
+    from reference_impls.registry import get_method
+    from reference_impls.run import RunConfig, run_recipe
+    from reference_impls.teachers.embedded import QUICK_RECIPE
+
+    result = run_recipe(get_method("dskd").build_recipe(), RunConfig(device="cpu", **tiny_run), teacher_recipe=QUICK_RECIPE)
+    assert not [name for name in result.student.state_dict() if name.startswith("dskd_projectors")]
