@@ -43,9 +43,9 @@ from reference_impls.run.setup import make_accelerator, make_checkpoints, mixed_
 from reference_impls.tasks.strings import SUITE_VERSION, TASK_NAMES, classification_view, make_split
 from reference_impls.teachers.encoder import (
     EncoderTeacherRecipe,
+    accuracy,
     encoder_keys,
     load_or_train_encoder_teachers,
-    predict,
 )
 
 DEFAULT_ENCODER_STEPS = 400
@@ -76,20 +76,13 @@ def score_classifier(
         kl += float((log_p.exp() * (log_p - log_q)).sum())
         agree += int((log_p.argmax(-1) == log_q.argmax(-1)).sum())
     metrics = {
-        "accuracy": _accuracy(model, tokenizer, test),
-        "ood_accuracy": _accuracy(model, tokenizer, ood),
+        "accuracy": accuracy(model, tokenizer, test),
+        "ood_accuracy": accuracy(model, tokenizer, ood),
         "class_kl_to_teacher": kl / len(test),
         "teacher_agreement": agree / len(test),
     }
     model.train(was_training)
     return metrics
-
-
-def _accuracy(
-    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, pairs: list[tuple[str, int]]
-) -> float:
-    predictions = predict(model, tokenizer, [t for t, _ in pairs])
-    return sum(p == label for p, (_, label) in zip(predictions, pairs, strict=True)) / len(pairs)
 
 
 class EncoderSuiteRun:
