@@ -101,10 +101,9 @@ def mask_for_mlm(
     masked = input_ids.clone()
     masked[chosen & (draw < MLM_MASK)] = tokenizer.mask_token_id
     replace = chosen & (draw >= MLM_MASK) & (draw < MLM_MASK + MLM_RANDOM)
-    # Random replacements come from the ordinary tokens (ids after the special ones).
-    ordinary = torch.tensor(
-        [i for i in range(len(tokenizer)) if i not in set(tokenizer.all_special_ids)], device=input_ids.device
-    )
+    # Random replacements come from the ordinary (non-special) tokens.
+    vocabulary = torch.arange(len(tokenizer), device=input_ids.device)
+    ordinary = vocabulary[~torch.isin(vocabulary, special)]
     picks = torch.randint(len(ordinary), input_ids.shape, generator=generator, device=input_ids.device)
     masked[replace] = ordinary[picks][replace]
     return masked, labels

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from abc import abstractmethod
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
@@ -217,8 +218,9 @@ class DistilThenFineTune(FeatureLoss):
     def schedule(self, step: int, steps: int) -> None:
         self.distilling = step < round(self.distil_fraction * steps)
 
+    @abstractmethod
     def distillation(self, student: nn.Module, teacher: nn.Module, batch: dict[str, Tensor]) -> Tensor:
-        raise NotImplementedError
+        """The method's distillation loss on one batch (the teacher given)."""
 
     def __call__(self, student: nn.Module, teacher: Any, batch: dict[str, Tensor], vocab_size: Any) -> Tensor:
         if not self.distilling:
